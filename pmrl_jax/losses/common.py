@@ -1,0 +1,127 @@
+"""Numerical building blocks shared by the losses: dtype policy, input checks,
+normalisation, a square root with a finite derivative at zero, and label-smoothed
+cross-entropy on diagonal targets.
+
+Everything here is a pure function of arrays; shape and temperature checks run at
+trace time, so they cost nothing inside a compiled step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Relative floor under which a squared quantity (a Gram determinant, an eigenvalue)
+# counts as "numerically zero" for its square root's derivative. float32 computes
+# such quantities with an absolute error of a few 1e-7 (relative to their scale), so
+# the floor sits just above that noise: below it the derivative of sqrt is taken at
+# the floor, which makes it shrink smoothly to 0 instead of blowing up.
+SQRT_FLOOR = 1e-6
+
+# Smallest squared norm accepted by `l2_normalize` before it stops dividing.
+NORM_FLOOR = 1e-24
+
+
+def compute_dtype(x: jax.Array) -> jnp.dtype:
+    """float32 for float32/bfloat16/float16 input; float64 stays float64 (x64 mode)."""
+    return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def as_compute(x: jax.Array) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"expected a floating-point array, got dtype {x.dtype}")
+    return x.astype(compute_dtype(x))
+
+
+def check_rank(x: jax.Array, name: str, ndim: int, layout: str) -> None:
+    if jnp.ndim(x) != ndim:
+        raise ValueError(
+            f"`{name}` must have shape {layout} ({ndim} axes); got shape {jnp.shape(x)}"
+        )
+
+
+def check_modalities(x: jax.Array, name: str, *, min_k: int = 2, exact_k: int | None = None) -> None:
+    """Checks a `[B, k, d]` batch of instances (one row per modality)."""
+    check_rank(x, name, 3, "[batch, k, d]")
+    k = x.shape[1]
+    if exact_k is not None and k != exact_k:
+        raise ValueError(f"`{name}` must hold exactly k={exact_k} modalities on axis 1; got k={k} (shape {x.shape})")
+    if k < min_k:
+        raise ValueError(f"`{name}` must hold at least k={min_k} modalities on axis 1; got k={k} (shape {x.shape})")
+
+
+def check_same_width(a: jax.Array, b: jax.Array, names: str) -> None:
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"{names} must share the embedding width d; got {a.shape[-1]} and {b.shape[-1]}")
+
+
+def check_temperature(temperature, name: str = "temperature") -> None:
+    """Rejects a concrete temperature <= 0 or non-finite; traced (learned) ones pass."""
+    if isinstance(temperature, jax.core.Tracer):
+        return
+    value = jnp.asarray(temperature)
+    if value.ndim != 0:
+        raise ValueError(f"`{name}` must be a scalar; got shape {value.shape}")
+    if not bool(jnp.isfinite(value)) or float(value) <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0; got {float(value)}")
+
+
+def check_label_smoothing(label_smoothing: float) -> None:
+    if not 0.0 <= float(label_smoothing) < 1.0:
+        raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing}")
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x / |x| along `axis`, in the compute dtype; a zero vector stays zero (finite gradient)."""
+    x = as_compute(x)
+    squared_norm = jnp.sum(x * x, axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(squared_norm, NORM_FLOOR))
+
+
+@jax.custom_jvp
+def safe_sqrt(x: jax.Array, floor: jax.Array) -> jax.Array:
+    """sqrt(max(x, 0)) whose derivative is taken at max(x, floor).
+
+    The value is exact (0 stays 0, so dependent vectors have zero volume); the
+    derivative 1 / (2 sqrt(max(x, floor))) stays finite where sqrt's is infinite.
+    Where x is the square of a Lipschitz quantity (a volume, a singular value) its
+    own derivative vanishes at 0, so the product goes smoothly to 0 there.
+    `floor` must be > 0 and receives no gradient.
+    """
+    return jnp.sqrt(jnp.maximum(x, 0.0))
+
+
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    x, floor = primals
+    x_dot, _ = tangents
+    value = jnp.sqrt(jnp.maximum(x, 0.0))
+    slope = 0.5 * jax.lax.rsqrt(jnp.maximum(x, floor))
+    return value, slope * x_dot
+
+
+def smoothed_diagonal_cross_entropy(logits: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Mean over rows of softmax cross-entropy whose target for row i is column i.
+
+    With label smoothing eps the target distribution is (1 - eps) * onehot(i) + eps / C
+    over the C columns (optax.smooth_labels), so the per-row loss is
+    (1 - eps) * (lse - logit_ii) + eps * (lse - mean_j logit_ij).
+    `logits` is `[B, C]` with C >= B; no one-hot matrix is built.
+    """
+    log_normaliser = jax.nn.logsumexp(logits, axis=-1)
+    positives = jnp.diagonal(logits)
+    loss = log_normaliser - positives
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * (
+            log_normaliser - jnp.mean(logits, axis=-1)
+        )
+    return jnp.mean(loss)
+
+
+def symmetric_cross_entropy(logits: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """1/2 (CE(logits, diag) + CE(logits^T, diag)): both retrieval directions."""
+    return 0.5 * (
+        smoothed_diagonal_cross_entropy(logits, label_smoothing)
+        + smoothed_diagonal_cross_entropy(logits.T, label_smoothing)
+    )

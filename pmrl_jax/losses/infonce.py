@@ -1,0 +1,75 @@
+"""Pairwise InfoNCE baselines on the `[B, k, d]` interface (MATH.md section 4)."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+
+from pmrl_jax.losses import common
+
+
+def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
+    """S[i, j] = <a_i, b_j> / (|a_i| |b_j|): `[B1, d], [B2, d] -> [B1, B2]`."""
+    common.check_rank(a, "a", 2, "[batch, d]")
+    common.check_rank(b, "b", 2, "[batch, d]")
+    common.check_same_width(a, b, "`a` and `b`")
+    return common.l2_normalize(a) @ common.l2_normalize(b).T
+
+
+def infonce_loss(
+    a: jax.Array, b: jax.Array, *, temperature: float | jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Symmetric InfoNCE (CLIP):
+
+        logits = cos(a_i, b_j) / tau
+        L = 1/2 * (CE_ls(logits, diag) + CE_ls(logits^T, diag))
+
+    Source: Radford et al., "Learning Transferable Visual Models From Natural Language
+    Supervision", ICML 2021 (van den Oord et al. 2018 for InfoNCE).
+
+    Args:
+      a, b: `[B, d]` paired embeddings (row i of each is the same instance).
+      temperature: tau > 0 (a Python float or a learned scalar).
+      label_smoothing: in [0, 1).
+    """
+    if jnp.shape(a)[:1] != jnp.shape(b)[:1]:
+        raise ValueError(f"`a` and `b` must hold the same instances; got shapes {jnp.shape(a)} and {jnp.shape(b)}")
+    common.check_temperature(temperature)
+    common.check_label_smoothing(label_smoothing)
+    return common.symmetric_cross_entropy(cosine_matrix(a, b) / temperature, label_smoothing)
+
+
+def anchored_infonce_loss(x: jax.Array, *, temperature: float | jax.Array, anchor: int = 0) -> jax.Array:
+    """Anchored InfoNCE (ImageBind / LanguageBind): L = sum_{m != anchor} InfoNCE(x_anchor, x_m).
+
+    Source: Girdhar et al., "ImageBind: One Embedding Space To Bind Them All", CVPR 2023;
+    Zhu et al., "LanguageBind", ICLR 2024.
+
+    Args:
+      x: `[B, k, d]` embeddings, k >= 2.
+      temperature: tau > 0.
+      anchor: index of the anchor modality on axis 1.
+    """
+    common.check_modalities(x, "x", min_k=2)
+    k = x.shape[1]
+    if not 0 <= anchor < k:
+        raise ValueError(f"`anchor` must index one of the k={k} modalities; got {anchor}")
+    common.check_temperature(temperature)
+    return sum(
+        infonce_loss(x[:, anchor], x[:, m], temperature=temperature) for m in range(k) if m != anchor
+    )
+
+
+def all_pairs_infonce_loss(x: jax.Array, *, temperature: float | jax.Array) -> jax.Array:
+    """Mean of InfoNCE over all k (k - 1) / 2 unordered modality pairs.
+
+    Args:
+      x: `[B, k, d]` embeddings, k >= 2.
+      temperature: tau > 0.
+    """
+    common.check_modalities(x, "x", min_k=2)
+    common.check_temperature(temperature)
+    pairs = list(itertools.combinations(range(x.shape[1]), 2))
+    return sum(infonce_loss(x[:, m], x[:, n], temperature=temperature) for m, n in pairs) / len(pairs)

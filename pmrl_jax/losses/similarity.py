@@ -1,0 +1,116 @@
+"""Similarity measures by name, on one signature, so that losses, evaluators and
+re-rankers can switch measure from a config string.
+
+Every measure maps `queries [B1, q, d]` and `candidates [B2, c, d]` (each instance a
+set of rows: q, c >= 1 modalities) to scores `[B1, B2]` where HIGHER means more similar.
+Rows are L2-normalised first. Measures that are distances (volume, area) are negated.
+
+    cosine : cos(mean of query rows, mean of candidate rows); plain cosine for q = c = 1
+    volume : -Vol(query rows, candidate rows)          (GRAM; any q + c >= 2)
+    sigma1 : sigma_1 of the stacked rows               (PMRL's set score; any q + c >= 2)
+    area   : -area of the triangle of the three rows   (TRIANGLE; q + c = 3)
+    mip    : sum_d prod over all rows of r[d]          (Symile's multilinear inner product)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from pmrl_jax.losses import common
+from pmrl_jax.losses.geometry import symmetric_determinant, volume_matrix
+from pmrl_jax.losses.spectral import gram_spectrum
+from pmrl_jax.losses.symile import mip_matrix
+from pmrl_jax.losses.triangle import triangle_area_matrix
+
+Similarity = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _check_sets(queries: jax.Array, candidates: jax.Array) -> None:
+    common.check_rank(queries, "queries", 3, "[batch, q, d]")
+    common.check_rank(candidates, "candidates", 3, "[batch, c, d]")
+    common.check_same_width(queries, candidates, "`queries` and `candidates`")
+
+
+def _pairwise_gram(queries: jax.Array, candidates: jax.Array) -> jax.Array:
+    """Gram matrix of (query i rows, candidate j rows) for every pair: `[B1, B2, q+c, q+c]`.
+    Memory O(B1 B2 (q + c)^2): meant for evaluation blocks."""
+    queries, candidates = common.l2_normalize(queries), common.l2_normalize(candidates)
+    b1, b2 = queries.shape[0], candidates.shape[0]
+    query_gram = jnp.einsum("iad,ibd->iab", queries, queries)
+    candidate_gram = jnp.einsum("jad,jbd->jab", candidates, candidates)
+    cross = jnp.einsum("iad,jbd->ijab", queries, candidates)
+    top = jnp.concatenate([jnp.broadcast_to(query_gram[:, None], (b1, b2) + query_gram.shape[1:]), cross], -1)
+    bottom = jnp.concatenate(
+        [jnp.swapaxes(cross, -1, -2), jnp.broadcast_to(candidate_gram[None], (b1, b2) + candidate_gram.shape[1:])], -1
+    )
+    return jnp.concatenate([top, bottom], -2)
+
+
+def cosine_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
+    _check_sets(queries, candidates)
+    query_mean = jnp.mean(common.l2_normalize(queries), axis=1)
+    candidate_mean = jnp.mean(common.l2_normalize(candidates), axis=1)
+    return common.l2_normalize(query_mean) @ common.l2_normalize(candidate_mean).T
+
+
+def volume_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
+    _check_sets(queries, candidates)
+    if queries.shape[1] == 1:
+        return -volume_matrix(queries[:, 0], candidates)
+    if candidates.shape[1] == 1:
+        return -volume_matrix(candidates[:, 0], queries).T
+    determinant = symmetric_determinant(_pairwise_gram(queries, candidates))
+    return -common.safe_sqrt(determinant, jnp.asarray(common.SQRT_FLOOR, determinant.dtype))
+
+
+def sigma1_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
+    _check_sets(queries, candidates)
+    eigenvalues, _ = gram_spectrum(_pairwise_gram(queries, candidates))
+    return jnp.sqrt(jnp.maximum(eigenvalues[..., 0], 0.0))
+
+
+def area_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
+    _check_sets(queries, candidates)
+    q, c = queries.shape[1], candidates.shape[1]
+    if (q, c) == (1, 2):
+        return -triangle_area_matrix(queries[:, 0], candidates)
+    if (q, c) == (2, 1):
+        return -triangle_area_matrix(candidates[:, 0], queries).T
+    raise ValueError(f"the 'area' measure needs three rows in all (q + c = 3); got q={q}, c={c}")
+
+
+def mip_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
+    _check_sets(queries, candidates)
+    return mip_matrix(queries, candidates)
+
+
+_SIMILARITIES: dict[str, Similarity] = {
+    "cosine": cosine_similarity,
+    "volume": volume_similarity,
+    "sigma1": sigma1_similarity,
+    "area": area_similarity,
+    "mip": mip_similarity,
+}
+
+
+def similarity_names() -> tuple[str, ...]:
+    return tuple(sorted(_SIMILARITIES))
+
+
+def get_similarity(name: str) -> Similarity:
+    """The measure registered under `name`; a ValueError lists the known names."""
+    try:
+        return _SIMILARITIES[name]
+    except KeyError:
+        raise ValueError(f"unknown similarity measure {name!r}; known: {', '.join(similarity_names())}") from None
+
+
+def register_similarity(name: str, fn: Similarity) -> Similarity:
+    """Adds a measure (same signature, higher = more similar). Names cannot be reused."""
+    if name in _SIMILARITIES:
+        raise ValueError(f"similarity measure {name!r} is already registered")
+    _SIMILARITIES[name] = fn
+    return fn
