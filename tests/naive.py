@@ -49,10 +49,15 @@ def singular_values(x):
 
 
 def leading_direction(x):
-    """u_1 from a full SVD of Z^T ([d, k], as the official code), sign fixed by sum_m <u, z_m> >= 0."""
-    u, s, vt = jnp.linalg.svd(jnp.swapaxes(x, -1, -2), full_matrices=True)
+    """u_1 from an SVD of Z^T ([d, k], as the official code; thin, since JAX does not
+    differentiate full_matrices=True), sign fixed by sum_m <u, z_m> >= 0, ties (a zero
+    sum) broken by <u, z_1> >= 0."""
+    u, s, vt = jnp.linalg.svd(jnp.swapaxes(x, -1, -2), full_matrices=False)
     u1 = u[..., :, 0]
-    sign = jnp.where(jnp.einsum("...d,...kd->...", u1, x) >= 0, 1.0, -1.0)
+    projections = jnp.einsum("...d,...kd->...k", u1, x)
+    total = jnp.sum(projections, axis=-1)
+    key = jnp.where(jnp.abs(total) > 1e-5 * s[..., 0], total, projections[..., 0])
+    sign = jnp.where(key >= 0, 1.0, -1.0)
     return u1 * sign[..., None]
 
 

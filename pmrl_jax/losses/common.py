@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Relative floor under which a squared quantity (a Gram determinant, an eigenvalue)
 # counts as "numerically zero" for its square root's derivative. float32 computes
@@ -60,10 +61,10 @@ def check_temperature(temperature, name: str = "temperature") -> None:
     """Rejects a concrete temperature <= 0 or non-finite; traced (learned) ones pass."""
     if isinstance(temperature, jax.core.Tracer):
         return
-    value = jnp.asarray(temperature)
+    value = np.asarray(temperature)
     if value.ndim != 0:
         raise ValueError(f"`{name}` must be a scalar; got shape {value.shape}")
-    if not bool(jnp.isfinite(value)) or float(value) <= 0:
+    if not np.isfinite(value) or float(value) <= 0:
         raise ValueError(f"`{name}` must be a finite number > 0; got {float(value)}")
 
 

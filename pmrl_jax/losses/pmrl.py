@@ -9,14 +9,21 @@ from pmrl_jax.losses import common
 from pmrl_jax.losses.spectral import spectrum
 
 
+# Both losses are "logsumexp minus the largest logit", which is near 0 at the optimum.
+# Written as log1p(sum of exp(logit - largest)) over the other logits they keep full
+# relative precision there instead of cancelling two numbers of size 1 / tau.
+
+
 def _alignment(singular: jax.Array, temperature) -> jax.Array:
-    logits = singular / temperature
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
+    gaps = (singular[:, 1:] - singular[:, :1]) / temperature  # <= 0
+    return jnp.mean(jnp.log1p(jnp.sum(jnp.exp(gaps), axis=-1)))
 
 
 def _regularization(directions: jax.Array, temperature) -> jax.Array:
-    logits = directions @ directions.T / temperature
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - 1.0 / temperature)
+    # <u_i, u_i> = 1 by construction, so the diagonal logit is exactly 1 / tau.
+    shifted = (directions @ directions.T - 1.0) / temperature  # <= 0 up to rounding
+    off_diagonal = jnp.where(jnp.eye(shifted.shape[0], dtype=bool), 0.0, jnp.exp(shifted))
+    return jnp.mean(jnp.log1p(jnp.sum(off_diagonal, axis=-1)))
 
 
 def _check(x, temperatures):

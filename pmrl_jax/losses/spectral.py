@@ -29,6 +29,9 @@ from pmrl_jax.losses.geometry import gram_matrix
 # derivative of v_1 (its value is unaffected).
 LEADING_GAP_FLOOR = 1e-6
 
+# |sum(v_1)| at or below this (v_1 is a unit k-vector) counts as a tie in the sign rule.
+SIGN_TIE_TOLERANCE = 1e-5
+
 
 def _sign_fixed_eigh(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
     """symmetric_eigh with v_1 flipped so that sum(v_1) >= 0.
@@ -36,9 +39,14 @@ def _sign_fixed_eigh(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
     Since Z u_1 = sigma_1 v_1, sum(v_1) >= 0 is PMRL's sign convention
     sum_m <u_1, z_m> >= 0 (MATH.md section 3): u_1 points along the modalities, not
     against them, so repelling leading directions cannot pair instances anti-parallel.
+    When the sum is zero up to rounding (e.g. k = 2 with an obtuse angle, where u_1 is
+    along z_1 - z_2) the tie goes to the first modality: <u_1, z_1> >= 0.
     """
     eigenvalues, vectors = symmetric_eigh(gram)
-    sign = jnp.where(jnp.sum(vectors[..., :, 0], axis=-1) >= 0, 1.0, -1.0).astype(vectors.dtype)
+    leading = vectors[..., :, 0]
+    total = jnp.sum(leading, axis=-1)
+    key = jnp.where(jnp.abs(total) > SIGN_TIE_TOLERANCE, total, leading[..., 0])
+    sign = jnp.where(key >= 0, 1.0, -1.0).astype(vectors.dtype)
     vectors = vectors.at[..., :, 0].multiply(sign[..., None])
     return eigenvalues, vectors
 
