@@ -59,26 +59,63 @@ def symmetric_eigh(matrix: jax.Array, sweeps: int | None = None) -> tuple[jax.Ar
 
 @functools.partial(jax.jit, static_argnums=1)
 def _cyclic_jacobi(matrix: jax.Array, sweeps: int) -> tuple[jax.Array, jax.Array]:
-    # jit-compiled on its own so that eager calls reuse one compiled loop per shape.
+    """Cyclic Jacobi on matrices held entry by entry: a[i][j] and v[i][j] are `[...]`
+    arrays, so every rotation is a handful of elementwise ops over the batch (batched
+    k x k matmuls run as one tiny matmul per instance on CPU). jit-compiled on its own
+    so that eager calls reuse one compiled loop per shape."""
     n = matrix.shape[-1]
-    a = 0.5 * (matrix + jnp.swapaxes(matrix, -1, -2))
-    eye = jnp.eye(n, dtype=a.dtype)
-    v = jnp.broadcast_to(eye, a.shape)
+    batch_shape = matrix.shape[:-2]
+    upper = tuple(0.5 * (matrix[..., i, j] + matrix[..., j, i]) for i in range(n) for j in range(i, n))
+    ones, zeros = jnp.ones(batch_shape, matrix.dtype), jnp.zeros(batch_shape, matrix.dtype)
+    vectors = tuple(ones if i == j else zeros for i in range(n) for j in range(n))
+    flat = {}
+    position = 0
+    for i in range(n):
+        for j in range(i, n):
+            flat[i, j] = flat[j, i] = position
+            position += 1
+
+    def one_sweep(_, carry):
+        a, v = list(carry[0]), list(carry[1])
+        for p in range(n):
+            for q in range(p + 1, n):
+                _rotate(a, v, p, q, n, flat)
+        return tuple(a), tuple(v)
+
     if n > 1:
-        pairs = [(p, q) for p in range(n) for q in range(p + 1, n)]
-
-        def one_sweep(_, carry):
-            a, v = carry
-            for p, q in pairs:
-                a, v = _rotate(a, v, p, q, eye)
-            return a, v
-
-        a, v = jax.lax.fori_loop(0, sweeps, one_sweep, (a, v))
-    eigenvalues = jnp.diagonal(a, axis1=-2, axis2=-1)
+        upper, vectors = jax.lax.fori_loop(0, sweeps, one_sweep, (upper, vectors))
+    eigenvalues = jnp.stack([upper[flat[i, i]] for i in range(n)], axis=-1)
+    eigenvectors = jnp.stack([jnp.stack(vectors[i * n : (i + 1) * n], axis=-1) for i in range(n)], axis=-2)
     order = jnp.argsort(-eigenvalues, axis=-1)
     eigenvalues = jnp.take_along_axis(eigenvalues, order, axis=-1)
-    eigenvectors = jnp.take_along_axis(v, order[..., None, :], axis=-1)
+    eigenvectors = jnp.take_along_axis(eigenvectors, order[..., None, :], axis=-1)
     return eigenvalues, eigenvectors
+
+
+def _rotate(a, v, p, q, n, flat):
+    """One Jacobi rotation J in the (p, q) plane, in place on the entry lists:
+    a <- J^T a J zeroes a[p, q]; v <- v J (J_pp = J_qq = c, J_pq = s, J_qp = -s)."""
+    app, aqq, apq = a[flat[p, p]], a[flat[q, q]], a[flat[p, q]]
+    is_zero = apq == 0
+    tau = (aqq - app) / (2.0 * jnp.where(is_zero, 1.0, apq))
+    # The smaller root of t^2 + 2 tau t - 1 = 0: |rotation angle| <= pi/4. For huge |tau|
+    # tau^2 overflows to inf and t correctly becomes 0.
+    t = jnp.where(tau >= 0, 1.0, -1.0) / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau))
+    t = jnp.where(is_zero, 0.0, t)
+    c = jax.lax.rsqrt(1.0 + t * t)
+    s = t * c
+    a[flat[p, p]] = app - t * apq
+    a[flat[q, q]] = aqq + t * apq
+    a[flat[p, q]] = jnp.zeros_like(apq)
+    for r in range(n):
+        if r != p and r != q:
+            arp, arq = a[flat[r, p]], a[flat[r, q]]
+            a[flat[r, p]] = c * arp - s * arq
+            a[flat[r, q]] = s * arp + c * arq
+    for i in range(n):
+        vip, viq = v[i * n + p], v[i * n + q]
+        v[i * n + p] = c * vip - s * viq
+        v[i * n + q] = s * vip + c * viq
 
 
 @symmetric_eigh.defjvp
@@ -89,24 +126,3 @@ def _symmetric_eigh_jvp(sweeps, primals, tangents):
         "symmetric_determinant, symmetric_adjugate and the losses) are exact; second "
         "derivatives (Hessians, grad of grad) are not implemented."
     )
-
-
-def _rotate(a, v, p, q, eye):
-    """One Jacobi rotation J in the (p, q) plane: a <- J^T a J zeroes a[p, q]; v <- v J."""
-    app, aqq, apq = a[..., p, p], a[..., q, q], a[..., p, q]
-    is_zero = apq == 0
-    tau = (aqq - app) / (2.0 * jnp.where(is_zero, 1.0, apq))
-    # The smaller root of t^2 + 2 tau t - 1 = 0: |rotation angle| <= pi/4. For huge |tau|
-    # tau^2 overflows to inf and t correctly becomes 0.
-    t = jnp.where(tau >= 0, 1.0, -1.0) / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau))
-    t = jnp.where(is_zero, 0.0, t)
-    c = jax.lax.rsqrt(1.0 + t * t)
-    s = t * c
-    c, s = c[..., None, None], s[..., None, None]
-    e_pp = eye[p, :, None] * eye[p, None, :]
-    e_qq = eye[q, :, None] * eye[q, None, :]
-    e_pq = eye[p, :, None] * eye[q, None, :]
-    rotation = eye + (c - 1.0) * (e_pp + e_qq) + s * (e_pq - jnp.swapaxes(e_pq, -1, -2))
-    a = jnp.einsum("...ji,...jk,...kl->...il", rotation, a, rotation)
-    v = jnp.einsum("...ij,...jk->...ik", v, rotation)
-    return a, v

@@ -1,0 +1,146 @@
+"""Forward+backward time of the GRAM and PMRL losses against naive formulations and
+against one forward matmul of the same size, measured in one run (ratios are what to
+compare on a shared, noisy machine).
+
+    python benchmarks/losses.py [--repeats 20] [--quick]
+
+Naive GRAM: stacked [B, B, k, k] Gram matrices and jnp.linalg.det (as the official code).
+Naive PMRL: jnp.linalg.svd of every [d, k] instance matrix for singular values and u_1
+(thin: JAX differentiates no other). The official code calls svd(full_matrices=True),
+which also builds a d x d factor per instance; JAX cannot differentiate that, so its
+forward pass alone is timed ("full-SVD fwd"), a lower bound on its forward+backward.
+Reference matmul: [B, d] x [d, (k-1) B], the product every GRAM score needs.
+Floor: forward+backward of sum((A O^T)^2) for the same shapes, i.e. the three matmuls
+any such loss needs (the forward one and the two of its backward pass) with almost no
+elementwise work: what is above it is the loss's own overhead.
+Targets (issue 2): GRAM at B = 1024, k = 3 within 3.5x of the matmul; PMRL at least 20x
+faster than the SVD formulation at B = 256, k = 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pmrl_jax import losses as L  # noqa: E402
+
+D = 512
+TAU = 0.07
+
+
+def _normalize(x):
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def naive_gram_loss(anchor, others):
+    anchor, others = _normalize(anchor), _normalize(others)
+    b, k = anchor.shape[0], others.shape[1] + 1
+    # Stacked per-pair Gram matrices [B, B, k, k] from the pairwise cosines, then LU.
+    cross = jnp.einsum("id,jmd->ijm", anchor, others)
+    own = jnp.einsum("jmd,jnd->jmn", others, others)
+    gram = jnp.zeros((b, b, k, k)).at[:, :, 0, 0].set(1.0)
+    gram = gram.at[:, :, 0, 1:].set(cross).at[:, :, 1:, 0].set(cross).at[:, :, 1:, 1:].set(jnp.broadcast_to(own[None], (b, b, k - 1, k - 1)))
+    volume = jnp.sqrt(jnp.abs(jnp.linalg.det(gram)))
+    logits = -volume / TAU
+    labels = jnp.eye(b) * 0.9 + 0.1 / b
+    ce = lambda l: -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(l, -1), -1))  # noqa: E731
+    return 0.5 * (ce(logits) + ce(logits.T))
+
+
+def naive_pmrl_loss(x):
+    x = _normalize(x)
+    u, s, _ = jnp.linalg.svd(jnp.swapaxes(x, -1, -2), full_matrices=False)
+    align = jnp.mean(jax.nn.logsumexp(s / 0.05, -1) - s[:, 0] / 0.05)
+    u1 = u[..., 0]
+    reg = jnp.mean(jax.nn.logsumexp(u1 @ u1.T / 0.1, -1) - 1 / 0.1)
+    return align + reg
+
+
+def full_svd_forward(x):
+    x = _normalize(x)
+    u, s, _ = jnp.linalg.svd(jnp.swapaxes(x, -1, -2), full_matrices=True)
+    return s, u[..., 0]
+
+
+def measure(functions, repeats):
+    """Best and median times; the functions run interleaved, round by round, so that
+    drift on a shared machine hits all of them alike. The best time is the least noisy."""
+    for fn, args in functions.values():
+        jax.block_until_ready(fn(*args))  # compile + warm up
+    samples = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, (fn, args) in functions.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            samples[name].append(time.perf_counter() - start)
+    return {name: (min(t), statistics.median(t)) for name, t in samples.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="smallest sizes only (smoke test)")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s), d = {D}, "
+          f"best and median of {args.repeats} interleaved runs")
+    print(f"{'loss':5s} {'k':>2s} {'B':>5s} {'library ms':>11s} {'naive ms':>9s} {'matmul ms':>10s} {'floor ms':>9s} "
+          f"{'naive/lib':>10s} {'lib/matmul':>11s} {'floor/matmul':>13s}   (best of runs; median lib/matmul)")
+    results = {}
+    gram_sizes = [256] if args.quick else [256, 512, 1024]
+    pmrl_sizes = [256] if args.quick else [256, 512]
+    for method, sizes in (("gram", gram_sizes), ("pmrl", pmrl_sizes)):
+        for k in (3, 4):
+            for b in sizes:
+                x = jnp.asarray(rng.normal(size=(b, k, D)), jnp.float32)
+                lhs = jnp.asarray(rng.normal(size=(b, D)), jnp.float32)
+                rhs = jnp.asarray(rng.normal(size=((k - 1) * b, D)), jnp.float32)
+                if method == "gram":
+                    library = jax.jit(jax.value_and_grad(lambda x: L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=TAU)))
+                    naive = jax.jit(jax.value_and_grad(lambda x: naive_gram_loss(x[:, 0], x[:, 1:])))
+                else:
+                    library = jax.jit(jax.value_and_grad(lambda x: L.pmrl_loss(x)))
+                    naive = jax.jit(jax.value_and_grad(naive_pmrl_loss))
+                functions = {
+                    "library": (library, (x,)),
+                    "matmul": (jax.jit(lambda a, o: a @ o.T), (lhs, rhs)),
+                    "floor": (jax.jit(jax.value_and_grad(lambda a, o: jnp.sum((a @ o.T) ** 2), argnums=(0, 1))), (lhs, rhs)),
+                }
+                # The naive GRAM loss at B = 1024 needs tens of seconds per call: fewer rounds.
+                slow = method == "gram" and b >= 1024
+                timings = measure(functions, args.repeats)
+                timings.update(measure({"naive": (naive, (x,))}, 3 if slow else args.repeats))
+                if method == "pmrl":
+                    timings.update(measure({"full_svd": (jax.jit(full_svd_forward), (x,))}, 5))
+                results[(method, k, b)] = timings
+                best = {name: t[0] for name, t in timings.items()}
+                median_ratio = timings["library"][1] / timings["matmul"][1]
+                print(f"{method:5s} {k:2d} {b:5d} {1e3 * best['library']:11.2f} {1e3 * best['naive']:9.1f} "
+                      f"{1e3 * best['matmul']:10.2f} {1e3 * best['floor']:9.2f} {best['naive'] / best['library']:9.1f}x "
+                      f"{best['library'] / best['matmul']:10.2f}x {best['floor'] / best['matmul']:12.2f}x   ({median_ratio:.2f}x)",
+                      flush=True)
+                if method == "pmrl":
+                    print(f"{'':14s} full-SVD fwd {1e3 * best['full_svd']:9.1f} ms = "
+                          f"{best['full_svd'] / best['library']:.1f}x the library's forward+backward", flush=True)
+    if not args.quick:
+        gram = {name: t[0] for name, t in results[("gram", 3, 1024)].items()}
+        pmrl = {name: t[0] for name, t in results[("pmrl", 3, 256)].items()}
+        gram_ratio = gram["library"] / gram["matmul"]
+        pmrl_speedup = pmrl["full_svd"] / pmrl["library"]
+        print(f"target GRAM B=1024 k=3: library / matmul = {gram_ratio:.2f}x (target <= 3.5x; the three-matmul "
+              f"floor alone is {gram['floor'] / gram['matmul']:.2f}x): {'met' if gram_ratio <= 3.5 else 'NOT met'}")
+        print(f"target PMRL B=256 k=3: full-SVD formulation (forward only) / library (forward+backward) = "
+              f"{pmrl_speedup:.1f}x (target >= 20x): {'met' if pmrl_speedup >= 20 else 'NOT met'}; "
+              f"against the thin SVD's forward+backward: {pmrl['naive'] / pmrl['library']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

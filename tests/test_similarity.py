@@ -1,0 +1,92 @@
+"""The similarity registry: names, orientation (higher = more similar), and agreement
+with the primitives and with naive formulations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import naive
+from pmrl_jax import losses as L
+
+
+def batch(seed, b, k, d=10):
+    return np.random.default_rng(seed).normal(size=(b, k, d)).astype(np.float32)
+
+
+def test_registry_names_and_unknown_name():
+    assert set(L.similarity_names()) >= {"cosine", "volume", "sigma1", "area", "mip"}
+    with pytest.raises(ValueError, match=r"unknown similarity measure 'dot'.*cosine"):
+        L.get_similarity("dot")
+    with pytest.raises(ValueError, match="already registered"):
+        L.register_similarity("cosine", L.get_similarity("cosine"))
+
+
+def test_single_row_measures():
+    q, c = batch(0, 5, 1), batch(1, 7, 1)
+    cos = np.asarray(L.cosine_matrix(q[:, 0], c[:, 0]))
+    np.testing.assert_allclose(L.get_similarity("cosine")(q, c), cos, atol=1e-6)
+    np.testing.assert_allclose(L.get_similarity("mip")(q, c), cos, atol=1e-6)
+    # k = 2: Vol = sin(angle); sigma_1 = sqrt(1 + |cos|) (eigenvalues of [[1, c], [c, 1]]).
+    np.testing.assert_allclose(L.get_similarity("volume")(q, c), -np.sqrt(1 - cos**2), atol=1e-3)
+    np.testing.assert_allclose(L.get_similarity("sigma1")(q, c), np.sqrt(1 + np.abs(cos)), atol=1e-6)
+
+
+@pytest.mark.parametrize("q,c", [(1, 2), (2, 1), (1, 3), (2, 2), (3, 2)])
+def test_set_volume_and_sigma1_match_stacked_rows(q, c):
+    queries, candidates = batch(q, 4, q), batch(c + 10, 6, c)
+    rows = np.concatenate(
+        [np.broadcast_to(queries[:, None], (4, 6, q, 10)), np.broadcast_to(candidates[None], (4, 6, c, 10))], 2
+    )
+    rows = naive.normalize(rows)
+    np.testing.assert_allclose(L.get_similarity("volume")(queries, candidates), -naive.volume(rows), atol=2e-6)
+    sigma = np.linalg.svd(np.asarray(rows), compute_uv=False)[..., 0]
+    np.testing.assert_allclose(L.get_similarity("sigma1")(queries, candidates), sigma, rtol=1e-5)
+
+
+def test_volume_measure_is_the_gram_score():
+    x = batch(3, 8, 3)
+    np.testing.assert_allclose(
+        L.get_similarity("volume")(x[:, :1], x[:, 1:]), -L.volume_matrix(x[:, 0], x[:, 1:]), atol=1e-7
+    )
+
+
+def test_area_measure_is_the_triangle_area():
+    x = batch(4, 6, 3)
+    t, v, a = (naive.normalize(x[:, m]) for m in range(3))
+    # Heron-free check: area = |(v - t) x (a - t)| / 2 through the Gram determinant of the edges.
+    edges = np.stack([np.asarray(v)[None] - np.asarray(t)[:, None], np.asarray(a)[None] - np.asarray(t)[:, None]], 2)
+    area = np.asarray(naive.volume(edges)) / 2
+    np.testing.assert_allclose(L.get_similarity("area")(x[:, :1], x[:, 1:]), -area, atol=1e-3)
+    np.testing.assert_allclose(L.get_similarity("area")(x[:, 1:], x[:, :1]), -area.T, atol=1e-3)
+    np.testing.assert_allclose(L.triangle_area_matrix(x[:, 0], x[:, 1:]) ** 2 * 2,
+                               naive.triangle_score(x[:, 0], x[:, 1:]), atol=2e-6)
+    with pytest.raises(ValueError, match="q \\+ c = 3"):
+        L.get_similarity("area")(x[:, :1], x[:, :1])
+
+
+def test_mip_of_sets_is_the_multilinear_product():
+    q, c = batch(5, 3, 2), batch(6, 4, 2)
+    qn, cn = naive.normalize(q), naive.normalize(c)
+    expected = np.einsum("id,jd->ij", qn[:, 0] * qn[:, 1], cn[:, 0] * cn[:, 1])
+    np.testing.assert_allclose(L.get_similarity("mip")(q, c), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cosine", "volume", "sigma1", "area"])
+def test_true_pairs_score_highest_when_modalities_coincide(name):
+    """Orientation: for instances whose modalities are (nearly) one vector, the matching
+    candidate must outscore the others under every geometric measure. (MIP is left out:
+    sum_d x[d]^3 of one repeated unit vector is not maximal, it is a learned score.)"""
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(12, 1, 64))
+    x = (np.repeat(base, 3, axis=1) + 0.01 * rng.normal(size=(12, 3, 64))).astype(np.float32)
+    scores = np.asarray(L.get_similarity(name)(x[:, :1], x[:, 1:]))
+    assert np.all(np.argmax(scores, axis=1) == np.arange(12)), name
+
+
+@pytest.mark.parametrize("name", ["cosine", "volume", "sigma1", "area", "mip"])
+def test_measures_jit_and_differentiate(name):
+    x = batch(8, 6, 3)
+    fn = L.get_similarity(name)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(fn(x[:, :1], x[:, 1:]))))(x)
+    assert np.all(np.isfinite(grad))
