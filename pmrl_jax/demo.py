@@ -69,6 +69,7 @@ def train(method, train_views, steps, batch_size, dim, seed):
         return optax.apply_updates(params, updates), state, loss
 
     rng = np.random.default_rng(seed)
+    loss = jnp.nan
     for _ in range(steps):
         params, state, loss = step(params, state, rng.choice(n, batch_size, replace=False))
     return params, float(loss)

@@ -25,7 +25,9 @@ def gram_matrix(x: jax.Array) -> jax.Array:
     x = common.as_compute(x)
     if x.ndim < 2:
         raise ValueError(f"gram_matrix needs rows [..., k, d]; got shape {x.shape}")
-    return jnp.einsum("...id,...jd->...ij", x, x)
+    # Broadcast-multiply-sum rather than einsum: XLA:CPU runs a batched k x k product as
+    # one tiny matmul per instance (backward at [1024, 2, 512]: 0.73 ms vs 0.35 ms).
+    return jnp.sum(x[..., :, None, :] * x[..., None, :, :], axis=-1)
 
 
 # ---------------------------------------------------------------------------------------
