@@ -1,0 +1,92 @@
+"""grain pipelines: sharding, determinism, exact resumption, evaluation padding, transforms."""
+
+import numpy as np
+import pytest
+
+from pmrl_jax.data import pipeline as P
+
+
+def source(n=40):
+    rows = np.arange(n, dtype=np.float32)
+    return P.ArraySource({"a": np.stack([rows, -rows], 1), "b": rows[:, None] * 10}, labels=np.arange(n) % 4)
+
+
+def ids(batch):
+    return batch["a"][:, 0].astype(int).tolist()
+
+
+def take(iterator, n):
+    return [ids(next(iterator)) for _ in range(n)]
+
+
+def test_training_batches_are_seeded_and_reshuffled_each_epoch():
+    first = take(iter(P.training_dataset(source(), batch_size=8, seed=3)), 10)
+    again = take(iter(P.training_dataset(source(), batch_size=8, seed=3)), 10)
+    other = take(iter(P.training_dataset(source(), batch_size=8, seed=4)), 10)
+    assert first == again and first != other
+    epoch_1, epoch_2 = sum(first[:5], []), sum(first[5:], [])
+    assert sorted(epoch_1) == sorted(epoch_2) == list(range(40)) and epoch_1 != epoch_2
+
+
+def test_two_processes_see_disjoint_halves():
+    seen = [set(sum(take(iter(P.training_dataset(source(), batch_size=4, seed=0, shard_index=p, shard_count=2)), 5), []))
+            for p in range(2)]
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(40))
+
+
+def test_iterator_resumes_on_the_exact_next_batch():
+    iterator = iter(P.training_dataset(source(), batch_size=8, seed=1))
+    take(iterator, 7)
+    state = iterator.get_state()
+    expected = take(iterator, 6)
+    fresh = iter(P.training_dataset(source(), batch_size=8, seed=1))
+    fresh.set_state(state)
+    assert take(fresh, 6) == expected
+
+
+@pytest.mark.parametrize("shard_count", [1, 2, 3])
+def test_evaluation_sees_every_example_once_padded_and_masked(shard_count):
+    seen, counts = [], []
+    for p in range(shard_count):
+        batches = list(P.evaluation_batches(source(37), batch_size=5, shard_index=p, shard_count=shard_count))
+        counts.append(len(batches))
+        for batch in batches:
+            assert batch["a"].shape == (5, 2) and batch["mask"].shape == (5,)
+            seen += [i for i, keep in zip(ids(batch), batch["mask"]) if keep]
+            assert np.all(batch["a"][~batch["mask"]] == 0)
+    assert sorted(seen) == list(range(37)) and len(set(counts)) == 1
+
+
+def test_transforms():
+    src = source()
+    mean = {"a": np.array([1.0, -1.0], np.float32)}
+    std = {"a": np.array([2.0, 2.0], np.float32)}
+    batch = next(iter(P.training_dataset(src, batch_size=40, seed=0, transforms=[P.Standardize(mean, std)])))
+    raw = np.stack([src[i]["a"] for i in ids({"a": batch["a"] * 2 + 1})])
+    np.testing.assert_allclose(batch["a"], (raw - mean["a"]) / std["a"])
+
+    noisy = next(iter(P.training_dataset(src, batch_size=40, seed=0, transforms=[P.GaussianNoise(["b"], 0.5)])))
+    clean = next(iter(P.training_dataset(src, batch_size=40, seed=0)))
+    np.testing.assert_array_equal(noisy["a"], clean["a"])
+    assert 0.3 < np.std(noisy["b"] - clean["b"]) < 0.7
+
+    dropped = next(iter(P.training_dataset(src, batch_size=40, seed=0, transforms=[P.ModalityDropout(["b"], 1.0)])))
+    assert np.all(dropped["b"] == 0) and np.any(dropped["a"] != 0)
+
+
+def test_swap_modalities_misaligns_the_requested_fraction():
+    import grain
+
+    swapped = P.swap_modalities(grain.MapDataset.source(source(400)), ["b"], fraction=0.25, seed=0)
+    moved = [i for i in range(400) if swapped[i]["b"][0] != 10 * i]
+    assert 60 < len(moved) < 140
+    assert all(swapped[i]["a"][0] == i for i in range(400))
+    with pytest.raises(ValueError, match="fraction"):
+        P.swap_modalities(grain.MapDataset.source(source()), ["b"], fraction=1.5, seed=0)
+
+
+def test_bad_shards_and_tiny_shards_are_rejected():
+    with pytest.raises(ValueError, match="shard_index"):
+        P.training_dataset(source(), batch_size=4, seed=0, shard_index=2, shard_count=2)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        P.training_dataset(source(8), batch_size=16, seed=0)
