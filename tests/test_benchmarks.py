@@ -16,3 +16,14 @@ def test_loss_benchmark_runs():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith(("gram ", "pmrl "))]
     assert len(rows) == 4, result.stdout  # gram and pmrl at k = 3, 4
+
+
+def test_data_benchmark_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data.py"), "--examples", "3000", "--dir", str(tmp_path),
+         "--batches", "5"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("examples/s") == 2, result.stdout
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["m0.npy", "m1.npy", "m2.npy"]

@@ -75,14 +75,20 @@ def test_transforms():
 
 
 def test_swap_modalities_misaligns_the_requested_fraction():
-    import grain
-
-    swapped = P.swap_modalities(grain.MapDataset.source(source(400)), ["b"], fraction=0.25, seed=0)
-    moved = [i for i in range(400) if swapped[i]["b"][0] != 10 * i]
-    assert 60 < len(moved) < 140
-    assert all(swapped[i]["a"][0] == i for i in range(400))
+    src = source(400)
+    batch = next(iter(P.training_dataset(src, batch_size=400, seed=0, transforms=[P.SwapModalities(src, ["b"], 0.25)])))
+    own = batch["index"]
+    np.testing.assert_array_equal(batch["a"][:, 0], own)  # untouched modality stays aligned
+    moved = batch["b"][:, 0] != 10 * own
+    assert 60 < moved.sum() < 140
     with pytest.raises(ValueError, match="fraction"):
-        P.swap_modalities(grain.MapDataset.source(source()), ["b"], fraction=1.5, seed=0)
+        P.SwapModalities(src, ["b"], 1.5)
+
+
+def test_label_and_index_travel_with_the_batch():
+    batch = next(iter(P.training_dataset(source(), batch_size=8, seed=0)))
+    np.testing.assert_array_equal(batch["label"], batch["index"] % 4)
+    np.testing.assert_array_equal(batch["a"][:, 0], batch["index"])
 
 
 def test_bad_shards_and_tiny_shards_are_rejected():

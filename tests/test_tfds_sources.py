@@ -34,6 +34,10 @@ def test_uci_builder_round_trips_through_data_source(data_dir):
     for view in uci.VIEWS:
         np.testing.assert_array_equal(example[view], features[view][int(record["id"])])
     assert example["label"] == labels[int(record["id"])]
+    batch = source.read_batch([5, 0, 7])
+    for view in uci.VIEWS:
+        np.testing.assert_array_equal(batch[view][0], example[view])
+    assert batch["label"].shape == (3,)
 
 
 def test_tfds_source_errors_name_what_is_missing(data_dir):

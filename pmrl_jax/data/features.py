@@ -108,10 +108,15 @@ class FeaturesSource:
         return self.num_examples
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        example = {m: np.asarray(a[index], dtype=np.float32) for m, a in self.arrays.items()}
+        return self.read_batch(index)
+
+    def read_batch(self, indices) -> dict[str, np.ndarray]:
+        """Rows `indices` (an int or an index array) of every modality: one
+        fancy-indexing read per memory-mapped file."""
+        batch = {m: np.asarray(a[indices], dtype=np.float32) for m, a in self.arrays.items()}
         if self.labels is not None:
-            example["label"] = np.int32(self.labels[index])
-        return example
+            batch["label"] = np.asarray(self.labels[indices], dtype=np.int32)
+        return batch
 
     def __repr__(self) -> str:
         return f"FeaturesSource({self.directory!r}, split={self.split!r}, n={self.num_examples}, dims={self.dims})"

@@ -87,8 +87,17 @@ class TfdsSource:
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        record = self.source[index]
-        example = {modality: np.asarray(record[key], np.float32) for key, modality in self.feature_map.items()}
+        return self._convert([self.source[index]], single=True)
+
+    def read_batch(self, indices) -> dict[str, np.ndarray]:
+        """Rows `indices` with one batched array_record read (`__getitems__`)."""
+        return self._convert(self.source.__getitems__([int(i) for i in indices]), single=False)
+
+    def _convert(self, records, single: bool) -> dict[str, np.ndarray]:
+        batch = {
+            modality: np.stack([np.asarray(r[key], np.float32) for r in records])
+            for key, modality in self.feature_map.items()
+        }
         if self.label_key is not None:
-            example["label"] = np.int32(record[self.label_key])
-        return example
+            batch["label"] = np.asarray([r[self.label_key] for r in records], np.int32)
+        return {k: v[0] for k, v in batch.items()} if single else batch
