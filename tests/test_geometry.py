@@ -1,6 +1,5 @@
 """Gram matrices, determinants, adjugates and volumes: MATH.md section 1."""
 
-import itertools
 
 import hypothesis.extra.numpy as hnp
 import jax

@@ -8,7 +8,6 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-import naive
 from loss_table import LOSSES, default_k
 from pmrl_jax import losses as L
 
