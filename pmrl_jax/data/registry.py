@@ -2,7 +2,8 @@
 of `{modality: float32 [D_m], "label": int32}` examples for the grain pipelines.
 
     uci_multiple_features  the embedded default; options: views (default: all six), seed
-    synthetic              options: sizes {split: n}, dims, num_classes, noise, seed, ...
+    synthetic              options: sizes {split: n}, dims, seed, num_classes, latent_dim,
+                           hidden_dim, noise, class_separation
     features               options: directory, modalities, dims (bring your own .npy)
     tfds                   options: tfds_name, data_dir, feature_map, label_key
 
@@ -11,13 +12,14 @@ Per-modality standardisation of the embedded dataset is fitted on its train spli
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from pmrl_jax.data import uci_multiple_features as uci
-from pmrl_jax.data.pipeline import ArraySource
+from pmrl_jax.data.pipeline import ArraySource, read_batch
 
 DEFAULT_SYNTHETIC_SIZES = {"train": 4096, "validation": 512, "test": 1024}
 
@@ -34,7 +36,8 @@ def _uci(split: str, views: Sequence[str] | None = None, seed: int = 0) -> Array
 
 
 def _synthetic(split: str, dims: Sequence[int] = (64, 64, 64), sizes: Mapping[str, int] | None = None,
-               seed: int = 0, **options) -> ArraySource:
+               seed: int = 0, num_classes: int = 10, latent_dim: int = 16, hidden_dim: int = 64,
+               noise: float = 0.1, class_separation: float = 2.0) -> ArraySource:
     from pmrl_jax.data.synthetic import make_synthetic
 
     sizes = dict(DEFAULT_SYNTHETIC_SIZES if sizes is None else sizes)
@@ -42,7 +45,10 @@ def _synthetic(split: str, dims: Sequence[int] = (64, 64, 64), sizes: Mapping[st
         raise ValueError(f"synthetic data has splits {list(sizes)}; got {split!r}")
     # Same world (seed) for every split; different instances per split, stable across runs.
     instance_seed = zlib.crc32(split.encode())
-    features, labels = make_synthetic(sizes[split], dims, seed=seed, instance_seed=instance_seed, **options)
+    features, labels = make_synthetic(
+        sizes[split], dims, seed=seed, instance_seed=instance_seed, num_classes=num_classes,
+        latent_dim=latent_dim, hidden_dim=hidden_dim, noise=noise, class_separation=class_separation,
+    )
     return ArraySource(features, labels)
 
 
@@ -70,18 +76,19 @@ def dataset_names() -> tuple[str, ...]:
 def make_source(name: str, split: str, **options):
     if name not in _BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(_BUILDERS)}")
-    try:
-        return _BUILDERS[name](split, **options)
+    builder = _BUILDERS[name]
+    try:  # check the options only, so that a TypeError from inside a builder is not disguised
+        inspect.signature(builder).bind(split, **options)
     except TypeError as error:
         raise ValueError(f"dataset {name!r}: bad options {sorted(options)} ({error})") from None
+    return builder(split, **options)
 
 
 def standardization_fitted_on_train(name: str, **options) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(mean, std) per modality of a source's train split, for the `Standardize` transform."""
     source = make_source(name, "train", **options)
-    rows = [source[i] for i in range(len(source))]
-    modalities = [k for k in rows[0] if k != "label"]
-    stacked = {m: np.stack([r[m] for r in rows]) for m in modalities}
-    mean = {m: x.mean(0) for m, x in stacked.items()}
-    std = {m: np.where(x.std(0) > 1e-8, x.std(0), 1.0).astype(np.float32) for m, x in stacked.items()}
+    batch = read_batch(source, np.arange(len(source)))
+    modalities = [k for k in batch if k not in ("label", "index")]
+    mean = {m: batch[m].mean(0) for m in modalities}
+    std = {m: np.where(batch[m].std(0) > 1e-8, batch[m].std(0), 1.0).astype(np.float32) for m in modalities}
     return mean, std
