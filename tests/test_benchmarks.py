@@ -27,3 +27,14 @@ def test_data_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("examples/s") == 2, result.stdout
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["m0.npy", "m1.npy", "m2.npy"]
+
+
+def test_train_step_benchmark_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--smoke", "--steps", "2", "--configs", "clip,gram"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("clip ", "gram "))]
+    assert [row[0] for row in rows] == ["clip", "gram"], result.stdout
+    assert all(float(row[3]) > 0 and row[5].endswith("%") for row in rows)

@@ -1,0 +1,101 @@
+"""The base every method config in `configs/` extends (it lives in the package so that
+config files written outside this repository can extend it too). Defaults follow MATH.md; sizes suit the
+embedded dataset (UCI Multiple Features: 1,400 train / 200 validation / 400 test digits,
+six views) on a 2-core CPU.
+
+Any field can be overridden on the command line, e.g.
+    python -m pmrl_jax.main --config=configs/gram.py --config.optimizer.learning_rate=3e-4
+and `--config=configs/<method>.py:smoke` gives a seconds-long run (tests, CI).
+"""
+
+from ml_collections import ConfigDict
+
+UCI_VIEWS = ("fac", "fou", "kar", "mor", "pix", "zer")
+
+
+def get_base_config() -> ConfigDict:
+    config = ConfigDict()
+    config.seed = 0
+    config.num_steps = 1500
+    config.log_every = 50
+    config.checkpoint_every = 500
+    config.max_checkpoints = 2
+
+    config.data = ConfigDict()
+    config.data.name = "uci_multiple_features"
+    config.data.options = ConfigDict()             # passed to the dataset's builder (pmrl_jax.data.registry)
+    config.data.modalities = UCI_VIEWS             # the rows of each [B, k, d] embedding, in this order
+    config.data.batch_size = 256                   # global: split over processes and devices
+    config.data.eval_batch_size = 200
+    config.data.eval_split = "test"
+    config.data.prefetch_threads = 2
+    config.data.gaussian_noise = 0.0               # std of noise added to training inputs (standardised units)
+    config.data.gaussian_noise_modalities = ()     # the modalities it is added to; empty: all
+    config.data.modality_dropout = 0.0             # probability a modality's input is zeroed in training
+
+    config.model = ConfigDict()
+    config.model.width = 512
+    config.model.embed_dim = 128
+    config.model.dtype = "float32"                 # "bfloat16": bf16 compute, float32 parameters
+    config.model.encoder = ConfigDict(dict(kind="mlp", depth=1, dropout=0.0))  # default for every modality
+    config.model.encoders = ConfigDict()           # per-modality overrides: {modality: {kind, ...}}
+    config.model.temperature = ConfigDict(dict(initial=0.07, minimum=0.01, maximum=1.0, learnable=True))
+    config.model.matching = ConfigDict(dict(enabled=False, weight=0.1, width=128, heads=4, depth=1))
+
+    config.loss = ConfigDict()
+    config.loss.name = "clip"                      # see pmrl_jax.train.LOSSES
+    config.loss.anchor = 0                         # index into data.modalities
+    config.loss.label_smoothing = 0.0
+    config.loss.alignment_temperature = 0.05       # PMRL tau1
+    config.loss.regularization_temperature = 0.1   # PMRL tau2
+    config.loss.regularization_weight = 1.0        # PMRL weight of L_M'
+    config.loss.similarity = "cosine"              # measure for the matching head's hard negatives
+
+    # Optional first stage: train with another loss for this many steps, then with `loss`.
+    config.warm_start = ConfigDict(dict(loss="", steps=0))
+
+    config.optimizer = ConfigDict()
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 100
+    config.optimizer.decay = "cosine"              # "cosine" or "linear" to 0 at num_steps
+    config.optimizer.weight_decay = 1e-4           # not applied to biases, norms or the temperature
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.grad_clip_norm = 1.0          # 0 disables clipping
+
+    config.mesh = ConfigDict()
+    config.mesh.data = -1                          # -1: every device not used by fsdp
+    config.mesh.fsdp = 1
+    config.mesh.fsdp_min_size = 2**18              # parameters with fewer elements stay replicated
+
+    config.eval = ConfigDict()
+    config.eval.similarity = "cosine"
+    return config
+
+
+def smoke(config: ConfigDict) -> ConfigDict:
+    """Shrinks a config to a seconds-long run that exercises every code path."""
+    config.num_steps = 6
+    config.log_every = 2
+    config.checkpoint_every = 3
+    config.data.batch_size = 32
+    config.data.eval_batch_size = 64
+    if config.data.name == "uci_multiple_features" and len(config.data.modalities) > 3:
+        anchor = config.data.modalities[config.loss.anchor]
+        config.data.modalities = (anchor,) + tuple(m for m in ("fac", "kar", "pix") if m != anchor)[:2]
+        config.loss.anchor = 0  # three views keep compilation short
+    config.model.width = 32
+    config.model.embed_dim = 16
+    config.optimizer.warmup_steps = 2
+    if config.warm_start.steps:
+        config.warm_start.steps = 3
+    return config
+
+
+def finalize(config: ConfigDict, arg: str | None) -> ConfigDict:
+    """Applies the config argument (`--config=configs/gram.py:ARG`): none or "smoke"."""
+    if arg in (None, ""):
+        return config
+    if arg == "smoke":
+        return smoke(config)
+    raise ValueError(f"unknown config argument {arg!r}; known: 'smoke'")

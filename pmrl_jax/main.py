@@ -1,0 +1,66 @@
+"""The main job: train, then evaluate retrieval on the test split.
+
+    python -m pmrl_jax.main --config=configs/gram.py [--workdir=runs/gram]
+    python -m pmrl_jax.main --config=configs/gram.py:smoke --config.num_steps=20
+    python -m pmrl_jax.main --config=configs/gram.py --workdir=runs/gram --mode=eval [--step=N]
+
+Re-running the same command in the same workdir resumes from its newest checkpoint. The
+workdir receives checkpoints, TensorBoard event files, metrics.jsonl, config.json and
+results.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file, optionally with `:arg`", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go "
+                               "(default: runs/<config name>[_<arg>])")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate), or evaluate a checkpoint")
+_STOP_AT = flags.DEFINE_integer("stop_at", None, "with --mode=train: stop (checkpointed) after this step; "
+                                "re-running without it resumes")
+_STEP = flags.DEFINE_integer("step", None, "with --mode=eval: the checkpoint step (default: the newest)")
+
+
+def default_workdir(config_argument: str) -> str:
+    path, _, arg = config_argument.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{name}_{arg}" if arg else name)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and jax report every step at INFO
+    import jax
+
+    from pmrl_jax import evaluate as ev
+    from pmrl_jax import train
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename
+                                                 if hasattr(flags.FLAGS["config"], "config_filename")
+                                                 else flags.FLAGS["config"].serialize().split("=", 1)[1])
+    print(f"pmrl_jax: loss {config.loss.name}"
+          f"{f' (after {config.warm_start.steps} steps of {config.warm_start.loss})' if config.warm_start.loss else ''}"
+          f", modalities {list(config.data.modalities)} of {config.data.name}, {config.num_steps} steps, "
+          f"{jax.device_count()} {jax.default_backend()} device(s), workdir {workdir}", flush=True)
+    if _MODE.value == "train":
+        trainer, state = train.train(config, workdir, _STOP_AT.value)
+    else:
+        trainer, state = train.latest_state(config, workdir, _STEP.value)
+    results = train.evaluate(config, workdir, trainer, state)
+    if jax.process_index() == 0:
+        print(ev.format_table(results["retrieval"],
+                              f"{results['split']} split, {results['num_examples']} examples, "
+                              f"{results['similarity']} similarity, any-to-any retrieval"))
+        print(f"results: {os.path.join(workdir, 'results.json')}")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

@@ -1,0 +1,81 @@
+"""The matching head: GRAM's data-anchor matching (DAM, "ITM" in its code) and PMRL's
+instance matching (IM). MATH.md section 2.
+
+A cross-encoder reads the anchor modality's tokens, cross-attends to the concatenated
+tokens of the other modalities, and a 2-way head (Linear, GELU, LayerNorm, Linear) on the
+first token predicts match / no match. Each step scores 3B pairs: (a_i, data_i) positive;
+(a_i, data_n) and (a_n, data_i) negative, with the hard negatives n drawn without
+gradient from `softmax(S) + 1e-4` (rows for anchor -> data, columns for data -> anchor)
+with the positive zeroed, S being the training similarity (for GRAM S = -V, the negated
+volume). A modality given as one feature vector is a single token.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+NEGATIVE_SAMPLING_FLOOR = 1e-4
+
+
+class CrossAttentionBlock(nnx.Module):
+    def __init__(self, width: int, heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.query_norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
+        self.context_norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(heads, width, dtype=dtype, decode=False, keep_rngs=False, rngs=rngs)
+        self.mlp_norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
+        self.mlp_in = nnx.Linear(width, 4 * width, dtype=dtype, rngs=rngs)
+        self.mlp_out = nnx.Linear(4 * width, width, dtype=dtype, rngs=rngs)
+
+    def __call__(self, queries, context):
+        queries = queries + self.attention(self.query_norm(queries), self.context_norm(context))
+        return queries + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(queries))))
+
+
+class MatchingHead(nnx.Module):
+    """Token features of width `in_features` are first projected to the head's `width`."""
+
+    def __init__(self, in_features: int, *, width: int = 128, heads: int = 4, depth: int = 1, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.anchor_in = nnx.Linear(in_features, width, dtype=dtype, rngs=rngs)
+        self.data_in = nnx.Linear(in_features, width, dtype=dtype, rngs=rngs)
+        self.blocks = nnx.List([CrossAttentionBlock(width, heads, dtype=dtype, rngs=rngs) for _ in range(depth)])
+        self.hidden = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(width, 2, dtype=dtype, rngs=rngs)
+
+    def __call__(self, anchor_tokens, data_tokens):
+        """anchor_tokens [B, n_a, w], data_tokens [B, n_d, w] -> match logits [B, 2]
+        (index 1 = match)."""
+        x, context = self.anchor_in(anchor_tokens), self.data_in(data_tokens)
+        for block in self.blocks:
+            x = block(x, context)
+        return self.out(self.norm(jax.nn.gelu(self.hidden(x[:, 0])))).astype(jnp.float32)
+
+
+def sample_hard_negatives(scores: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """scores [B, B] (higher = more similar, query i vs candidate j). Returns, per row i, a
+    candidate index != i, and per column j, a query index != j, drawn from softmax + 1e-4
+    with the positive excluded. No gradient flows through the scores."""
+    scores = jax.lax.stop_gradient(scores.astype(jnp.float32))
+    diagonal = jnp.eye(scores.shape[0], dtype=bool)
+    row_key, column_key = jax.random.split(key)
+
+    def draw(s, k):
+        weights = jnp.where(diagonal, 0.0, jax.nn.softmax(s, axis=-1) + NEGATIVE_SAMPLING_FLOOR)
+        return jax.random.categorical(k, jnp.log(weights), axis=-1)
+
+    return draw(scores, row_key), draw(scores.T, column_key)
+
+
+def matching_loss(head: MatchingHead, anchor_tokens, data_tokens, scores, key) -> jax.Array:
+    """Mean 2-way cross-entropy over the 3B pairs (positive, hard negative data, hard
+    negative anchor)."""
+    negative_data, negative_anchor = sample_hard_negatives(scores, key)
+    anchors = jnp.concatenate([anchor_tokens, anchor_tokens, anchor_tokens[negative_anchor]])
+    data = jnp.concatenate([data_tokens, data_tokens[negative_data], data_tokens])
+    b = anchor_tokens.shape[0]
+    labels = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * b, jnp.int32)])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(head(anchors, data), labels))

@@ -1,0 +1,80 @@
+"""The multimodal model: one encoder and one projection per modality into a shared
+L2-normalised space, a learnable temperature, and an optional matching head."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pmrl_jax.losses import l2_normalize
+from pmrl_jax.models import encoders
+from pmrl_jax.models.matching import MatchingHead
+
+ENCODER_KINDS = ("mlp", "transformer", "vit", "audio")
+
+
+class Temperature(nnx.Module):
+    """tau = exp(log_tau) clamped to [minimum, maximum]; log-parameterised so that Adam's
+    steps are relative. A fixed temperature is a constant, not a parameter."""
+
+    def __init__(self, initial: float, *, minimum: float, maximum: float, learnable: bool = True):
+        if not 0 < minimum <= initial <= maximum:
+            raise ValueError(f"temperature needs 0 < minimum <= initial <= maximum; got {minimum}, {initial}, {maximum}")
+        self.minimum, self.maximum = minimum, maximum
+        value = jnp.asarray(np.log(initial), jnp.float32)
+        self.log_temperature = nnx.Param(value) if learnable else nnx.Variable(value)
+
+    def __call__(self):
+        return jnp.exp(jnp.clip(self.log_temperature[...], np.log(self.minimum), np.log(self.maximum)))
+
+
+def build_encoder(kind: str, example_shape: tuple[int, ...], *, width: int, dtype, rngs: nnx.Rngs, **options):
+    """`example_shape` is one example's shape (no batch axis), used to size the input layer."""
+    if kind == "mlp":
+        if len(example_shape) != 1:
+            raise ValueError(f"the mlp encoder takes feature vectors; an example has shape {example_shape}")
+        return encoders.MLPEncoder(example_shape[0], width=width, dtype=dtype, rngs=rngs, **options)
+    if kind == "transformer":
+        return encoders.TextTransformerEncoder(width=width, dtype=dtype, rngs=rngs, **options)
+    if kind == "vit":
+        image_shape = example_shape[-3:]
+        if len(example_shape) not in (3, 4) or image_shape[0] != image_shape[1]:
+            raise ValueError(f"the vit encoder takes square images [H, W, C] or video [F, H, W, C]; "
+                             f"an example has shape {example_shape}")
+        return encoders.ViTEncoder(image_shape[0], image_shape[2], width=width, dtype=dtype, rngs=rngs, **options)
+    if kind == "audio":
+        if len(example_shape) != 2:
+            raise ValueError(f"the audio encoder takes spectrograms [frames, mel_bins]; an example has shape "
+                             f"{example_shape}")
+        return encoders.AudioEncoder(*example_shape, width=width, dtype=dtype, rngs=rngs, **options)
+    raise ValueError(f"unknown encoder kind {kind!r}; known: {', '.join(ENCODER_KINDS)}")
+
+
+class MultimodalModel(nnx.Module):
+    def __init__(self, modalities: Sequence[str], example_shapes: Mapping[str, tuple[int, ...]],
+                 encoder_options: Mapping[str, Mapping], *, width: int, embed_dim: int, temperature: Mapping,
+                 matching: Mapping | None, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.modalities = tuple(modalities)
+        self.encoders = nnx.Dict({
+            name: build_encoder(example_shape=tuple(example_shapes[name]), width=width, dtype=dtype, rngs=rngs,
+                                **dict(encoder_options[name]))
+            for name in self.modalities
+        })
+        self.projections = nnx.Dict({name: nnx.Linear(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
+                                     for name in self.modalities})
+        self.temperature = Temperature(**dict(temperature))
+        self.matching = MatchingHead(width, dtype=dtype, rngs=rngs, **dict(matching)) if matching else None
+
+    def __call__(self, batch: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):
+        """`rngs` (with a `dropout` stream) turns dropout on; without it the model is
+        deterministic. Returns (embeddings [B, k, embed_dim] float32 unit rows in `modalities` order,
+        tokens {modality: [B, n, width]})."""
+        tokens, embeddings = {}, []
+        for name in self.modalities:
+            tokens[name], pooled = self.encoders[name](batch[name], rngs=rngs)
+            embeddings.append(self.projections[name](pooled).astype(jnp.float32))
+        return l2_normalize(jnp.stack(embeddings, axis=1)), tokens

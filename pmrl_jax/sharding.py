@@ -1,0 +1,55 @@
+"""The device mesh and the shardings of parameters and batches, from the config.
+
+Mesh axes: `data` (pure data parallelism) and `fsdp` (data parallelism whose devices
+also split the large parameters and their optimizer state). A batch is split on its
+leading axis over both; a parameter with at least `fsdp_min_size` elements is split over
+`fsdp` along its largest dimension that the fsdp size divides; everything else is
+replicated. The compiler (GSPMD) inserts the gathers.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
+    devices = jax.devices() if devices is None else list(devices)
+    n = len(devices)
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"config.mesh.fsdp={fsdp} must be >= 1 and divide the {n} devices")
+    if data == -1:
+        data = n // fsdp
+    if data * fsdp != n:
+        raise ValueError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != {n} devices")
+    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def parameter_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
+    if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % fsdp_size == 0:
+            return P(*([None] * axis + ["fsdp"]))
+    return P()
+
+
+def state_shardings(abstract_state, mesh: jax.sharding.Mesh, min_size: int):
+    """Shardings for every leaf of a (possibly abstract) state pytree."""
+    fsdp_size = mesh.shape["fsdp"]
+
+    def leaf(x):
+        return NamedSharding(mesh, parameter_spec(tuple(getattr(x, "shape", ())), fsdp_size, min_size))
+
+    return jax.tree.map(leaf, abstract_state)

@@ -1,0 +1,531 @@
+"""Training: the model and optimizer state, one sharded `jax.jit` step, the loop, and
+orbax checkpoints that hold the state and the grain iterator together.
+
+The state is `nnx.split((model, optimizer))`: a graph definition (static) and a pytree
+of arrays. The step is a pure function of (state, global batch, step key) compiled once
+per loss with explicit in/out shardings and the state donated. The loss sees the global
+batch: the batch is sharded on the mesh's data axes and GSPMD inserts the collectives,
+so every negative on every device contributes to the gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from pmrl_jax import losses as L
+from pmrl_jax import sharding
+from pmrl_jax.models import MultimodalModel, matching_loss
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ---- losses by name --------------------------------------------------------------------
+
+
+def _split_anchor(z, anchor):
+    others = [m for m in range(z.shape[1]) if m != anchor]
+    return z[:, anchor], z[:, jnp.asarray(others)]
+
+
+def _clip(z, temperature, cfg):
+    return L.anchored_infonce_loss(z, temperature=temperature, anchor=cfg.anchor)
+
+
+def _infonce(z, temperature, cfg):
+    return L.infonce_loss(z[:, 0], z[:, 1], temperature=temperature, label_smoothing=cfg.label_smoothing)
+
+
+def _all_pairs(z, temperature, cfg):
+    return L.all_pairs_infonce_loss(z, temperature=temperature)
+
+
+def _gram(z, temperature, cfg):
+    anchor, others = _split_anchor(z, cfg.anchor)
+    return L.gram_contrastive_loss(anchor, others, temperature=temperature, label_smoothing=cfg.label_smoothing)
+
+
+def _pmrl(z, temperature, cfg):
+    del temperature  # PMRL's temperatures are fixed (MATH.md section 3)
+    return L.pmrl_loss(z, alignment_temperature=cfg.alignment_temperature,
+                       regularization_temperature=cfg.regularization_temperature,
+                       regularization_weight=cfg.regularization_weight)
+
+
+def _symile(z, temperature, cfg):
+    return L.symile_loss(z, temperature=temperature)
+
+
+def _triangle(z, temperature, cfg):
+    anchor, others = _split_anchor(z, cfg.anchor)
+    return L.triangle_contrastive_loss(anchor, others, temperature=temperature, label_smoothing=cfg.label_smoothing)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    fn: Callable
+    min_modalities: int
+    max_modalities: int | None = None
+
+
+LOSSES: dict[str, LossSpec] = {
+    "clip": LossSpec(_clip, 2),            # anchored InfoNCE (ImageBind / LanguageBind)
+    "infonce": LossSpec(_infonce, 2, 2),   # CLIP, two modalities
+    "all_pairs": LossSpec(_all_pairs, 2),
+    "gram": LossSpec(_gram, 2),
+    "pmrl": LossSpec(_pmrl, 2),
+    "symile": LossSpec(_symile, 2),
+    "triangle": LossSpec(_triangle, 3, 3),
+}
+
+
+def check_loss(name: str, num_modalities: int, field: str = "config.loss.name") -> LossSpec:
+    if name not in LOSSES:
+        raise ValueError(f"{field}={name!r} is not a known loss; known: {', '.join(LOSSES)}")
+    spec = LOSSES[name]
+    if num_modalities < spec.min_modalities or (spec.max_modalities and num_modalities > spec.max_modalities):
+        wanted = spec.min_modalities if spec.max_modalities == spec.min_modalities else f">= {spec.min_modalities}"
+        raise ValueError(f"{field}={name!r} needs k = {wanted} modalities; config.data.modalities has "
+                         f"{num_modalities}")
+    return spec
+
+
+# ---- model, optimizer, state -----------------------------------------------------------
+
+
+def encoder_options(config: ml_collections.ConfigDict) -> dict[str, dict]:
+    unknown = set(config.model.encoders) - set(config.data.modalities)
+    if unknown:
+        raise ValueError(f"config.model.encoders names {sorted(unknown)}, which are not in config.data.modalities "
+                         f"{list(config.data.modalities)}")
+    options = {}
+    for name in config.data.modalities:
+        merged = config.model.encoder.to_dict()
+        merged.update(config.model.encoders[name].to_dict() if name in config.model.encoders else {})
+        options[name] = merged
+    return options
+
+
+def build_model(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],
+                rngs: nnx.Rngs) -> MultimodalModel:
+    matching = config.model.matching
+    return MultimodalModel(
+        config.data.modalities, example_shapes, encoder_options(config), width=config.model.width,
+        embed_dim=config.model.embed_dim, temperature=config.model.temperature.to_dict(),
+        matching=dict(width=matching.width, heads=matching.heads, depth=matching.depth) if matching.enabled else None,
+        dtype=DTYPES[config.model.dtype], rngs=rngs,
+    )
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    opt = config.optimizer
+    warmup = min(opt.warmup_steps, config.num_steps)
+    decay_steps = max(config.num_steps - warmup, 1)
+    if opt.decay == "cosine":
+        decay = optax.cosine_decay_schedule(opt.learning_rate, decay_steps)
+    elif opt.decay == "linear":
+        decay = optax.linear_schedule(opt.learning_rate, 0.0, decay_steps)
+    else:
+        raise ValueError(f"config.optimizer.decay={opt.decay!r}; expected 'cosine' or 'linear'")
+    return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+    # Weight decay on matrices only: biases, norm scales and the temperature are exempt.
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    opt = config.optimizer
+    adamw = optax.adamw(learning_rate_schedule(config), b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                        mask=_decay_mask)
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw) if opt.grad_clip_norm else adamw
+
+
+@dataclasses.dataclass(eq=False)  # hashed by identity: step_fn caches per trainer
+class Trainer:
+    """Everything the loop needs, built once from the config and the mesh."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    state_shardings: object
+    batch_sharding: jax.sharding.NamedSharding
+    example_shapes: dict
+
+    def init_state(self):
+        """The initial state, created directly in its shardings."""
+        config, shapes = self.config, self.example_shapes
+
+        def init():
+            model = build_model(config, shapes, nnx.Rngs(config.seed))
+            return nnx.state((model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)))
+
+        with jax.set_mesh(self.mesh):
+            return jax.jit(init, out_shardings=self.state_shardings)()
+
+    def abstract_state(self):
+        """Shapes, dtypes and shardings of the state (the target a checkpoint restores onto)."""
+        config, shapes = self.config, self.example_shapes
+
+        def init():
+            model = build_model(config, shapes, nnx.Rngs(config.seed))
+            return nnx.state((model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)))
+
+        shapes_only = jax.eval_shape(init)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes_only,
+                            self.state_shardings)
+
+    def model(self, state) -> MultimodalModel:
+        return nnx.merge(self.graphdef, state)[0]
+
+    @functools.cache
+    def step_fn(self, loss_name: str):
+        """The compiled training step for one loss: (state, batch, key) -> (state, metrics)."""
+        config, graphdef = self.config, self.graphdef
+        loss_spec = LOSSES[loss_name]
+        anchor = config.loss.anchor
+        matching_weight = config.model.matching.weight if config.model.matching.enabled else 0.0
+        similarity = L.get_similarity(config.loss.similarity)
+
+        def step(state, batch, key):
+            model, optimizer = nnx.merge(graphdef, state)
+            dropout_key, negatives_key = jax.random.split(key)
+
+            def objective(model):
+                z, tokens = model(batch, rngs=nnx.Rngs(dropout=dropout_key))
+                contrastive = loss_spec.fn(z, model.temperature(), config.loss)
+                metrics = {"contrastive_loss": contrastive}
+                total = contrastive
+                if matching_weight:
+                    others = [m for m in config.data.modalities if m != config.data.modalities[anchor]]
+                    scores = similarity(z[:, anchor:anchor + 1], z[:, jnp.asarray(
+                        [i for i in range(z.shape[1]) if i != anchor])])
+                    match = matching_loss(model.matching, tokens[config.data.modalities[anchor]],
+                                          jnp.concatenate([tokens[m] for m in others], axis=1), scores, negatives_key)
+                    metrics["matching_loss"] = match
+                    total = total + matching_weight * match
+                return total, metrics
+
+            (loss, metrics), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+            optimizer.update(model, grads)
+            metrics.update(loss=loss, temperature=model.temperature(), grad_norm=optax.global_norm(grads))
+            return nnx.state((model, optimizer)), metrics
+
+        replicated = sharding.replicated(self.mesh)
+        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding, replicated),
+                       out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+
+    def loss_at(self, step: int) -> str:
+        warm = self.config.warm_start
+        return warm.loss if warm.loss and step < warm.steps else self.config.loss.name
+
+    def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows -> global arrays sharded on the data axes."""
+        return {name: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_batch[name]))
+                for name in self.config.data.modalities}
+
+
+def make_trainer(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],
+                 mesh: jax.sharding.Mesh | None = None) -> Trainer:
+    mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    validate(config, example_shapes, mesh.size)
+    shapes = {k: tuple(v) for k, v in example_shapes.items()}
+
+    def init():
+        model = build_model(config, shapes, nnx.Rngs(config.seed))
+        return model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(init))
+    return Trainer(config, mesh, graphdef, sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size),
+                   sharding.batch_sharding(mesh), shapes)
+
+
+def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],
+             num_devices: int | None = None) -> None:
+    """Rejects a bad configuration before anything is compiled, naming the field."""
+    modalities = list(config.data.modalities)
+    if len(set(modalities)) != len(modalities):
+        raise ValueError(f"config.data.modalities has duplicates: {modalities}")
+    missing = [m for m in modalities if m not in example_shapes]
+    if missing:
+        raise ValueError(f"config.data.modalities names {missing}, which dataset {config.data.name!r} does not have; "
+                         f"it has {sorted(example_shapes)}")
+    unknown = [m for m in config.data.gaussian_noise_modalities if m not in modalities]
+    if unknown:
+        raise ValueError(f"config.data.gaussian_noise_modalities names {unknown}, which are not in "
+                         f"config.data.modalities {modalities}")
+    check_loss(config.loss.name, len(modalities))
+    if config.warm_start.loss:
+        check_loss(config.warm_start.loss, len(modalities), "config.warm_start.loss")
+    if not 0 <= config.loss.anchor < len(modalities):
+        raise ValueError(f"config.loss.anchor={config.loss.anchor} is not an index into {len(modalities)} modalities")
+    if config.loss.similarity not in L.similarity_names():
+        raise ValueError(f"config.loss.similarity={config.loss.similarity!r}; known: {', '.join(L.similarity_names())}")
+    if config.eval.similarity not in L.similarity_names():
+        raise ValueError(f"config.eval.similarity={config.eval.similarity!r}; known: {', '.join(L.similarity_names())}")
+    temperature = config.model.temperature
+    if not 0 < temperature.minimum <= temperature.initial <= temperature.maximum:
+        raise ValueError("config.model.temperature needs 0 < minimum <= initial <= maximum; got "
+                         f"{temperature.minimum}, {temperature.initial}, {temperature.maximum}")
+    for field in ("alignment_temperature", "regularization_temperature"):
+        if config.loss[field] <= 0:
+            raise ValueError(f"config.loss.{field} must be > 0; got {config.loss[field]}")
+    if config.model.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype={config.model.dtype!r}; known: {', '.join(DTYPES)}")
+    if config.num_steps < 1:
+        raise ValueError(f"config.num_steps must be >= 1; got {config.num_steps}")
+    devices = jax.device_count() if num_devices is None else num_devices
+    if config.data.batch_size % devices or config.data.eval_batch_size % devices:
+        raise ValueError(f"config.data.batch_size={config.data.batch_size} and config.data.eval_batch_size="
+                         f"{config.data.eval_batch_size} must both be divisible by the {devices} devices")
+    if config.data.batch_size % jax.process_count():
+        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by the "
+                         f"{jax.process_count()} processes")
+
+
+# ---- checkpoints -----------------------------------------------------------------------
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def save_checkpoint(manager, step: int, state, iterator) -> None:
+    import grain
+    import orbax.checkpoint as ocp
+
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=grain.checkpoint.CheckpointSave(iterator)), force=True)
+
+
+def restore_checkpoint(manager, step: int, abstract_state, iterator=None):
+    """Restores the state onto the shardings of `abstract_state` (any mesh) and, when an
+    iterator is given, its position."""
+    import grain
+    import orbax.checkpoint as ocp
+
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+# ---- logging ---------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress line with loss, steps/s and ETA: redrawn in place on a terminal, one
+    plain line per report otherwise (log files, CI)."""
+
+    def __init__(self, total: int, start: int, stream=None):
+        import sys
+
+        self.total, self.start = total, start
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+
+    def report(self, step: int, loss: float) -> None:
+        elapsed = time.perf_counter() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        filled = int(30 * step / self.total)
+        line = (f"[{'#' * filled}{'.' * (30 - filled)}] step {step}/{self.total} loss {loss:.4f} "
+                f"{rate:.1f} steps/s ETA {eta:.0f}s")
+        self.stream.write(("\r" + line + ("\n" if step == self.total else "")) if self.tty else line + "\n")
+        self.stream.flush()
+
+
+class MetricWriter:
+    """TensorBoard event files (tensorboardX: no TensorFlow) plus `metrics.jsonl`; only
+    process 0 writes. On resume, history beyond the restored step is dropped."""
+
+    def __init__(self, workdir: str, resume_step: int):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.history: list[dict] = []
+        if not self.enabled:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.history = [r for r in map(json.loads, f) if r["step"] <= resume_step]
+        _write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+        from tensorboardX import SummaryWriter
+
+        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in metrics.items():
+            self.tensorboard.add_scalar(f"train/{name}", float(value), step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tensorboard.close()
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ---- the loop --------------------------------------------------------------------------
+
+
+def data_sources(config: ml_collections.ConfigDict, splits: tuple[str, ...]):
+    from pmrl_jax.data.registry import make_source
+
+    return {split: make_source(config.data.name, split, **config.data.options.to_dict()) for split in splits}
+
+
+def example_shapes_of(source) -> dict[str, tuple[int, ...]]:
+    from pmrl_jax.data.pipeline import read_batch
+
+    return {k: v.shape[1:] for k, v in read_batch(source, np.zeros(1, np.int64)).items() if k not in ("index", "label")}
+
+
+def training_iterator(config: ml_collections.ConfigDict, source):
+    from pmrl_jax.data import pipeline
+
+    transforms = []
+    if config.data.gaussian_noise:
+        transforms.append(pipeline.GaussianNoise(
+            level=config.data.gaussian_noise,
+            modalities=tuple(config.data.gaussian_noise_modalities or config.data.modalities)))
+    if config.data.modality_dropout:
+        transforms.append(pipeline.ModalityDropout(probability=config.data.modality_dropout,
+                                                   modalities=tuple(config.data.modalities)))
+    dataset = pipeline.training_dataset(
+        source, batch_size=config.data.batch_size // jax.process_count(), seed=config.seed,
+        shard_index=jax.process_index(), shard_count=jax.process_count(), transforms=transforms,
+        prefetch_threads=config.data.prefetch_threads)
+    return iter(dataset)
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses a workdir whose checkpoints came from a config with another model or data
+    layout: their shapes would not restore."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    for section, keys in (("model", None), ("data", ("name", "options", "modalities"))):
+        old, new = previous.get(section, {}), json.loads(config[section].to_json())
+        if keys:
+            old, new = {k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ValueError(f"workdir {workdir!r} holds a run whose config.{section} differs from this one in "
+                             f"{', '.join(f'config.{section}.{k}' for k in changed)} (was "
+                             f"{ {k: old.get(k) for k in changed} }, now { {k: new.get(k) for k in changed} }); "
+                             f"use another --workdir")
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Checks the workdir against the config, then writes the resolved config."""
+    check_workdir_config(workdir, config)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        _write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, stop_at: int | None = None,
+          mesh: jax.sharding.Mesh | None = None) -> tuple[Trainer, object]:
+    """Trains to `config.num_steps` (or stops early after step `stop_at`, checkpointed),
+    resuming from the newest checkpoint in `workdir`. The step key is
+    fold_in(key(seed), step), so a resumed run draws the same randomness."""
+    prepare_workdir(workdir, config)
+    source = data_sources(config, ("train",))["train"]
+    trainer = make_trainer(config, example_shapes_of(source), mesh)
+    iterator = training_iterator(config, source)
+    manager = checkpoint_manager(workdir, config)
+    start = manager.latest_step() or 0
+    if start:
+        state = restore_checkpoint(manager, start, trainer.abstract_state(), iterator)
+        _say(f"resumed from step {start} in {workdir}")
+    else:
+        state = trainer.init_state()
+    writer = MetricWriter(workdir, start)
+    progress = Progress(config.num_steps, start)
+    base_key = jax.random.key(config.seed)
+    t0 = time.perf_counter()
+    end = config.num_steps if stop_at is None else min(stop_at, config.num_steps)
+    for step in range(start, end):
+        batch = trainer.global_batch(next(iterator))
+        with jax.set_mesh(trainer.mesh):
+            state, metrics = trainer.step_fn(trainer.loss_at(step))(state, batch, jax.random.fold_in(base_key, step))
+        done = step + 1
+        if done % config.log_every == 0 or done == config.num_steps:
+            metrics = jax.device_get(metrics)
+            writer.write(done, metrics)
+            if jax.process_index() == 0:
+                progress.report(done, float(metrics["loss"]))
+        if done % config.checkpoint_every == 0 or done == end:
+            save_checkpoint(manager, done, state, iterator)
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    if end > start:
+        _say(f"trained steps {start}..{end} in {time.perf_counter() - t0:.1f} s")
+    return trainer, state
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer, state) -> dict:
+    from pmrl_jax import evaluate as ev
+
+    split = config.data.eval_split
+    source = data_sources(config, (split,))[split]
+    embeddings = ev.embed_split(trainer, state, source, batch_size=config.data.eval_batch_size)
+    table = ev.any_to_any_retrieval(embeddings, list(config.data.modalities), config.eval.similarity)
+    results = {"split": split, "num_examples": len(source), "similarity": config.eval.similarity,
+               "retrieval": table}
+    if jax.process_index() == 0:
+        _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+    return results
+
+
+def latest_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+                 mesh: jax.sharding.Mesh | None = None):
+    """(trainer, state) restored from the newest (or the given) checkpoint of `workdir`."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints (looked in {directory})")
+    check_workdir_config(workdir, config)
+    source = data_sources(config, ("train",))["train"]
+    trainer = make_trainer(config, example_shapes_of(source), mesh)
+    manager = checkpoint_manager(workdir, config)
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+        raise FileNotFoundError(f"workdir {workdir!r} has no checkpoint{'' if step is None else f' at step {step}'};"
+                                f" it has steps {list(manager.all_steps())}")
+    state = restore_checkpoint(manager, step, trainer.abstract_state())
+    manager.close()
+    return trainer, state

@@ -1,0 +1,100 @@
+"""The NNX modules: encoders of every kind, the temperature, the matching head and its
+hard negatives."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pmrl_jax.models import MatchingHead, MultimodalModel, Temperature, matching_loss, sample_hard_negatives
+
+TEMPERATURE = dict(initial=0.07, minimum=0.01, maximum=1.0)
+
+
+def _model(matching=True, dropout=0.0):
+    shapes = {"feat": (7,), "text": (12,), "video": (2, 32, 32, 3), "image": (32, 32, 3), "audio": (32, 64)}
+    options = {"feat": {"kind": "mlp", "dropout": dropout}, "text": {"kind": "transformer", "vocab_size": 50},
+               "video": {"kind": "vit", "patch_size": 16}, "image": {"kind": "vit", "patch_size": 8},
+               "audio": {"kind": "audio", "patch_size": (16, 16)}}
+    return MultimodalModel(list(shapes), shapes, options, width=32, embed_dim=16, temperature=TEMPERATURE,
+                           matching=dict(heads=4) if matching else None, rngs=nnx.Rngs(0))
+
+
+def _batch(b=5):
+    keys = jax.random.split(jax.random.key(1), 5)
+    text = jax.random.randint(keys[1], (b, 12), 1, 50).at[:, 9:].set(0)  # the last 3 tokens are padding
+    return {"feat": jax.random.normal(keys[0], (b, 7)), "text": text,
+            "video": jax.random.normal(keys[2], (b, 2, 32, 32, 3)), "image": jax.random.normal(keys[3], (b, 32, 32, 3)),
+            "audio": jax.random.normal(keys[4], (b, 32, 64))}
+
+
+def test_every_encoder_kind_gives_unit_embeddings_and_tokens():
+    z, tokens = _model()(_batch())
+    assert z.shape == (5, 5, 16) and z.dtype == jnp.float32
+    np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
+    assert {k: v.shape for k, v in tokens.items()} == {
+        "feat": (5, 1, 32), "text": (5, 12, 32), "video": (5, 4, 32), "image": (5, 16, 32), "audio": (5, 8, 32)}
+
+
+def test_text_padding_does_not_change_the_embedding():
+    model, batch = _model(), _batch()
+    longer = dict(batch, text=jnp.concatenate([batch["text"], jnp.zeros((5, 0), jnp.int32)], axis=1))
+    changed = dict(batch, text=batch["text"].at[:, 10].set(0))  # already padding: same
+    np.testing.assert_allclose(model(longer)[0], model(changed)[0], atol=1e-6)
+    real_change = dict(batch, text=batch["text"].at[:, 0].set(3))
+    assert not np.allclose(model(batch)[0][:, 1], model(real_change)[0][:, 1])
+
+
+def test_dropout_only_with_rngs():
+    model, batch = _model(dropout=0.5), _batch()
+    np.testing.assert_array_equal(model(batch)[0], model(batch)[0])
+    a = model(batch, rngs=nnx.Rngs(dropout=0))[0][:, 0]
+    b = model(batch, rngs=nnx.Rngs(dropout=1))[0][:, 0]
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("kind,shape,message", [
+    ("feat", (5, 7, 1), "feature vectors"), ("audio", (5, 32), "spectrograms"), ("video", (5, 32, 32), "images")])
+def test_wrong_input_shapes_name_the_encoder(kind, shape, message):
+    batch = dict(_batch(), **{kind: jnp.zeros(shape)})
+    with pytest.raises(ValueError, match=message):
+        _model()(batch)
+
+
+def test_temperature_is_clamped_and_log_parameterised():
+    t = Temperature(0.07, minimum=0.01, maximum=1.0)
+    assert float(t()) == pytest.approx(0.07, rel=1e-6)
+    t.log_temperature[...] = jnp.asarray(-10.0)
+    assert float(t()) == pytest.approx(0.01, rel=1e-6)
+    fixed = Temperature(0.1, minimum=0.01, maximum=1.0, learnable=False)
+    assert not nnx.state(fixed, nnx.Param)
+    with pytest.raises(ValueError, match="minimum"):
+        Temperature(0.0, minimum=0.0, maximum=1.0)
+
+
+def test_hard_negatives_never_pick_the_positive_and_follow_the_scores():
+    b = 8
+    hard = jnp.where(jnp.arange(b)[None, :] == (jnp.arange(b)[:, None] + 1) % b, 10.0, 0.0)  # one hard candidate
+    keys = jax.random.split(jax.random.key(0), 200)
+    rows, columns = jax.vmap(lambda k: sample_hard_negatives(hard, k))(keys)
+    assert not np.any(np.asarray(rows) == np.arange(b)) and not np.any(np.asarray(columns) == np.arange(b))
+    assert np.mean(np.asarray(rows) == (np.arange(b) + 1) % b) > 0.9      # softmax over the row favours the hard one
+    assert np.mean(np.asarray(columns) == (np.arange(b) - 1) % b) > 0.9   # and over the column
+    # A dominant positive takes the softmax mass; the 1e-4 floor then spreads the draws
+    # over the other candidates, and the positive is still never drawn.
+    rows, _ = jax.vmap(lambda k: sample_hard_negatives(hard + 100.0 * jnp.eye(b), k))(keys)
+    assert not np.any(np.asarray(rows) == np.arange(b))
+    assert len(np.unique(np.asarray(rows)[:, 0])) == b - 1
+
+
+def test_matching_head_trains_on_single_tokens_and_gets_no_gradient_through_scores():
+    head = MatchingHead(16, width=8, heads=2, rngs=nnx.Rngs(0))
+    anchor, data = jax.random.normal(jax.random.key(0), (2, 6, 1, 16))
+    scores = jax.random.normal(jax.random.key(1), (6, 6))
+    loss, grad = jax.value_and_grad(lambda s: matching_loss(head, anchor, data, s, jax.random.key(2)))(scores)
+    assert np.isfinite(loss) and loss > 0
+    np.testing.assert_array_equal(grad, 0.0)
+    params_grad = nnx.grad(lambda h: matching_loss(h, anchor, data, scores, jax.random.key(2)))(head)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(params_grad))
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(params_grad)) > 0
