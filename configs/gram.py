@@ -17,5 +17,5 @@ def get_config(arg=None):
     config.loss.similarity = "volume"
     config.model.matching.enabled = True
     config.warm_start.loss = "clip"
-    config.warm_start.steps = 1000
+    config.warm_start.steps = 1300
     return finalize(config, arg)

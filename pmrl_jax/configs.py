@@ -29,8 +29,11 @@ def get_base_config() -> ConfigDict:
     config.data.eval_batch_size = 200
     config.data.eval_split = "test"
     config.data.prefetch_threads = 2
-    config.data.gaussian_noise = 0.0               # std of noise added to training inputs (standardised units)
-    config.data.gaussian_noise_modalities = ()     # the modalities it is added to; empty: all
+    # Gaussian noise on the standardised training inputs: its std, and the modalities left
+    # clean. On the validation split it lifts clip's mean any-to-any R@1 from 0.44 to 0.50;
+    # `mor` (6 features) is left clean, as noise at this level drowns it.
+    config.data.gaussian_noise = 0.5
+    config.data.gaussian_noise_exclude = ("mor",)
     config.data.modality_dropout = 0.0             # probability a modality's input is zeroed in training
 
     config.model = ConfigDict()

@@ -262,10 +262,10 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
     if missing:
         raise ValueError(f"config.data.modalities names {missing}, which dataset {config.data.name!r} does not have; "
                          f"it has {sorted(example_shapes)}")
-    unknown = [m for m in config.data.gaussian_noise_modalities if m not in modalities]
+    unknown = [m for m in config.data.gaussian_noise_exclude if m not in example_shapes]
     if unknown:
-        raise ValueError(f"config.data.gaussian_noise_modalities names {unknown}, which are not in "
-                         f"config.data.modalities {modalities}")
+        raise ValueError(f"config.data.gaussian_noise_exclude names {unknown}, which dataset {config.data.name!r} "
+                         f"does not have; it has {sorted(example_shapes)}")
     check_loss(config.loss.name, len(modalities))
     if config.warm_start.loss:
         check_loss(config.warm_start.loss, len(modalities), "config.warm_start.loss")
@@ -416,9 +416,8 @@ def training_iterator(config: ml_collections.ConfigDict, source):
 
     transforms = []
     if config.data.gaussian_noise:
-        transforms.append(pipeline.GaussianNoise(
-            level=config.data.gaussian_noise,
-            modalities=tuple(config.data.gaussian_noise_modalities or config.data.modalities)))
+        noisy = tuple(m for m in config.data.modalities if m not in config.data.gaussian_noise_exclude)
+        transforms.append(pipeline.GaussianNoise(level=config.data.gaussian_noise, modalities=noisy))
     if config.data.modality_dropout:
         transforms.append(pipeline.ModalityDropout(probability=config.data.modality_dropout,
                                                    modalities=tuple(config.data.modalities)))

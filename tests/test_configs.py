@@ -99,3 +99,10 @@ def test_eval_mode_without_checkpoints_is_a_clear_error(tmp_path):
     result = _main("--config=configs/clip.py:smoke", "--mode=eval", f"--workdir={tmp_path / 'empty'}")
     assert result.returncode != 0
     assert "has no checkpoints" in result.stderr
+
+
+def test_noise_exclusions_must_name_real_modalities():
+    config = load_config("clip")
+    config.data.gaussian_noise_exclude = ("morph",)
+    with pytest.raises(ValueError, match=r"config.data.gaussian_noise_exclude names \['morph'\]"):
+        train.validate(config, UCI_SHAPES, num_devices=8)
