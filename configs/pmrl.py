@@ -19,5 +19,5 @@ def get_config(arg=None):
     config.loss.regularization_weight = 1.0
     config.model.matching.enabled = True
     config.warm_start.loss = "clip"
-    config.warm_start.steps = 1300
+    config.warm_start.steps = 1400
     return finalize(config, arg)

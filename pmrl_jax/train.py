@@ -141,6 +141,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup), decay], [warmup])
 
 
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def _decay_mask(params):
     # Weight decay on matrices only: biases, norm scales and the temperature are exempt.
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
@@ -220,7 +224,7 @@ class Trainer:
 
             (loss, metrics), grads = nnx.value_and_grad(objective, has_aux=True)(model)
             optimizer.update(model, grads)
-            metrics.update(loss=loss, temperature=model.temperature(), grad_norm=optax.global_norm(grads))
+            metrics.update(loss=loss, temperature=model.temperature(), grad_norm=_global_norm(grads))
             return nnx.state((model, optimizer)), metrics
 
         replicated = sharding.replicated(self.mesh)

@@ -29,8 +29,13 @@ def _batch(b=5):
             "audio": jax.random.normal(keys[4], (b, 32, 64))}
 
 
+@nnx.jit
+def _forward(model, batch):
+    return model(batch)
+
+
 def test_every_encoder_kind_gives_unit_embeddings_and_tokens():
-    z, tokens = _model()(_batch())
+    z, tokens = _forward(_model(), _batch())
     assert z.shape == (5, 5, 16) and z.dtype == jnp.float32
     np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
     assert {k: v.shape for k, v in tokens.items()} == {
@@ -41,9 +46,9 @@ def test_text_padding_does_not_change_the_embedding():
     model, batch = _model(), _batch()
     longer = dict(batch, text=jnp.concatenate([batch["text"], jnp.zeros((5, 0), jnp.int32)], axis=1))
     changed = dict(batch, text=batch["text"].at[:, 10].set(0))  # already padding: same
-    np.testing.assert_allclose(model(longer)[0], model(changed)[0], atol=1e-6)
+    np.testing.assert_allclose(_forward(model, longer)[0], _forward(model, changed)[0], atol=1e-6)
     real_change = dict(batch, text=batch["text"].at[:, 0].set(3))
-    assert not np.allclose(model(batch)[0][:, 1], model(real_change)[0][:, 1])
+    assert not np.allclose(_forward(model, batch)[0][:, 1], _forward(model, real_change)[0][:, 1])
 
 
 def test_dropout_only_with_rngs():
@@ -92,9 +97,10 @@ def test_matching_head_trains_on_single_tokens_and_gets_no_gradient_through_scor
     head = MatchingHead(16, width=8, heads=2, rngs=nnx.Rngs(0))
     anchor, data = jax.random.normal(jax.random.key(0), (2, 6, 1, 16))
     scores = jax.random.normal(jax.random.key(1), (6, 6))
-    loss, grad = jax.value_and_grad(lambda s: matching_loss(head, anchor, data, s, jax.random.key(2)))(scores)
+    loss, grad = nnx.jit(lambda h, s: jax.value_and_grad(
+        lambda s: matching_loss(h, anchor, data, s, jax.random.key(2)))(s))(head, scores)
     assert np.isfinite(loss) and loss > 0
     np.testing.assert_array_equal(grad, 0.0)
-    params_grad = nnx.grad(lambda h: matching_loss(h, anchor, data, scores, jax.random.key(2)))(head)
+    params_grad = nnx.jit(nnx.grad(lambda h: matching_loss(h, anchor, data, scores, jax.random.key(2))))(head)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(params_grad))
     assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(params_grad)) > 0

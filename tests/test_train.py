@@ -95,3 +95,13 @@ def test_workdir_of_another_model_is_refused(tmp_path):
     other = _smoke("clip", model__width=48)
     with pytest.raises(ValueError, match="config.model differs from this one in config.model.width"):
         train.train(other, str(tmp_path))
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
+    config = _smoke("clip", model__dtype="bfloat16")
+    trainer, state = train.train(config, str(tmp_path))
+    params = jax.tree.leaves(train.nnx.state(trainer.model(state), train.nnx.Param))
+    assert params and all(p.dtype == np.float32 for p in params)
+    assert all(np.isfinite(r["loss"]) for r in _losses(tmp_path))
+    hidden = trainer.model(state).encoders["pix"].layers[0](np.ones((2, 240), np.float32))
+    assert hidden.dtype == jax.numpy.bfloat16
