@@ -11,7 +11,6 @@ so every negative on every device contributes to the gradient.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -157,7 +156,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw) if opt.grad_clip_norm else adamw
 
 
-@dataclasses.dataclass(eq=False)  # hashed by identity: step_fn caches per trainer
+@dataclasses.dataclass
 class Trainer:
     """Everything the loop needs, built once from the config and the mesh."""
 
@@ -167,6 +166,7 @@ class Trainer:
     state_shardings: object
     batch_sharding: jax.sharding.NamedSharding
     example_shapes: dict
+    _compiled_steps: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def init_state(self):
         """The initial state, created directly in its shardings."""
@@ -194,9 +194,13 @@ class Trainer:
     def model(self, state) -> MultimodalModel:
         return nnx.merge(self.graphdef, state)[0]
 
-    @functools.cache
     def step_fn(self, loss_name: str):
         """The compiled training step for one loss: (state, batch, key) -> (state, metrics)."""
+        if loss_name not in self._compiled_steps:
+            self._compiled_steps[loss_name] = self._make_step(loss_name)
+        return self._compiled_steps[loss_name]
+
+    def _make_step(self, loss_name: str):
         config, graphdef = self.config, self.graphdef
         loss_spec = LOSSES[loss_name]
         anchor = config.loss.anchor
