@@ -127,6 +127,11 @@ def build_model(config: ml_collections.ConfigDict, example_shapes: Mapping[str, 
     )
 
 
+def build_model_and_optimizer(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]]):
+    model = build_model(config, example_shapes, nnx.Rngs(config.seed))
+    return model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     opt = config.optimizer
     warmup = min(opt.warmup_steps, config.num_steps)
@@ -168,26 +173,18 @@ class Trainer:
     example_shapes: dict
     _compiled_steps: dict = dataclasses.field(default_factory=dict, repr=False)
 
+    def _initial_state(self):
+        model, optimizer = build_model_and_optimizer(self.config, self.example_shapes)
+        return nnx.state((model, optimizer))
+
     def init_state(self):
         """The initial state, created directly in its shardings."""
-        config, shapes = self.config, self.example_shapes
-
-        def init():
-            model = build_model(config, shapes, nnx.Rngs(config.seed))
-            return nnx.state((model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)))
-
         with jax.set_mesh(self.mesh):
-            return jax.jit(init, out_shardings=self.state_shardings)()
+            return jax.jit(self._initial_state, out_shardings=self.state_shardings)()
 
     def abstract_state(self):
         """Shapes, dtypes and shardings of the state (the target a checkpoint restores onto)."""
-        config, shapes = self.config, self.example_shapes
-
-        def init():
-            model = build_model(config, shapes, nnx.Rngs(config.seed))
-            return nnx.state((model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)))
-
-        shapes_only = jax.eval_shape(init)
+        shapes_only = jax.eval_shape(self._initial_state)
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes_only,
                             self.state_shardings)
 
@@ -250,12 +247,7 @@ def make_trainer(config: ml_collections.ConfigDict, example_shapes: Mapping[str,
     mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     validate(config, example_shapes, mesh.size)
     shapes = {k: tuple(v) for k, v in example_shapes.items()}
-
-    def init():
-        model = build_model(config, shapes, nnx.Rngs(config.seed))
-        return model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(init))
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model_and_optimizer(config, shapes)))
     return Trainer(config, mesh, graphdef, sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size),
                    sharding.batch_sharding(mesh), shapes)
 
