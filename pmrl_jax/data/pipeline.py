@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Mapping, Sequence
 
 import grain
@@ -141,10 +142,28 @@ class SwapModalities(grain.transforms.RandomMap):
 # ---- pipelines -------------------------------------------------------------------------
 
 
-def _shard(dataset: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index must be in [0, {shard_count}); got {shard_index}")
-    return dataset[shard_index::shard_count]
+_ENDLESS = 2**62  # batch numbers; grain reads lazily, so the length costs nothing
+
+
+class _EpochBatchIndices:
+    """Batch number -> the example indices of that batch: each epoch is a fresh seeded
+    permutation of this process's shard, cut into full batches (the remainder of an epoch
+    is dropped). One numpy permutation per epoch instead of a Python call per example."""
+
+    def __init__(self, shard_indices: np.ndarray, batch_size: int, seed: int):
+        self.shard_indices, self.batch_size, self.seed = shard_indices, batch_size, seed
+        self.batches_per_epoch = len(shard_indices) // batch_size
+        self._lock = threading.Lock()
+        self._epoch, self._permutation = -1, None
+
+    def __call__(self, batch_number: int) -> np.ndarray:
+        epoch, position = divmod(int(batch_number), self.batches_per_epoch)
+        with self._lock:  # grain's reader threads share this object
+            if epoch != self._epoch:
+                self._epoch = epoch
+                self._permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.shard_indices))
+            chosen = self._permutation[position * self.batch_size : (position + 1) * self.batch_size]
+        return self.shard_indices[chosen]
 
 
 def training_dataset(
@@ -158,11 +177,13 @@ def training_dataset(
     prefetch_threads: int = 2,
 ) -> grain.IterDataset:
     """Endless batches of `batch_size` (this process's share of the global batch)."""
-    indices = _shard(grain.MapDataset.range(len(source)), shard_index, shard_count)
-    if len(indices) < batch_size:
-        raise ValueError(f"this process's shard holds {len(indices)} examples, fewer than one batch of {batch_size}")
-    batches = indices.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
-    batches = batches.map(lambda batch_indices: read_batch(source, batch_indices))
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}); got {shard_index}")
+    shard_indices = np.arange(len(source))[shard_index::shard_count]
+    if len(shard_indices) < batch_size:
+        raise ValueError(f"this process's shard holds {len(shard_indices)} examples, fewer than one batch of {batch_size}")
+    batch_indices = _EpochBatchIndices(shard_indices, batch_size, seed)
+    batches = grain.MapDataset.range(_ENDLESS).map(lambda b: read_batch(source, batch_indices(b)))
     for transform in transforms:
         if isinstance(transform, grain.transforms.RandomMap):
             batches = batches.random_map(transform, seed=seed)
