@@ -1,12 +1,13 @@
 """grain input pipelines over random-access sources whose examples are
 `{modality: float32 [D_m], ..., "label": int32}` (ArraySource, FeaturesSource, TfdsSource).
 
-Training: this process's shard of the indices -> seeded shuffle (a new order every
-epoch) -> repeat -> batch of indices (drop remainder) -> one vectorised read per batch
--> transforms -> prefetching iterator. Reading whole batches with one fancy-indexing op
-per modality keeps the pipeline far ahead of the training step; reading example by
-example in Python did not (benchmarks/data.py). The iterator state is grain's, so a
-resumed run continues on the exact next batch.
+Training: this process's shard of the indices -> per epoch, one seeded permutation cut
+into full batches of indices (the remainder dropped) -> one vectorised read per batch ->
+transforms -> prefetching iterator. Handling whole batches (one permutation per epoch,
+one fancy-indexing op per modality) keeps the pipeline far ahead of the training step;
+shuffling, batching or reading example by example in Python did not (benchmarks/data.py).
+The iterator walks a grain MapDataset of batch numbers, so its state is one position and
+a resumed run continues on the exact next batch.
 
 Evaluation: this process's shard in order, batched, the last batch padded with zeros and
 a `mask` marking real examples, so every example is seen exactly once and every process
