@@ -42,9 +42,8 @@ def main(argv):
     from pmrl_jax import train
 
     config = _CONFIG.value
-    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename
-                                                 if hasattr(flags.FLAGS["config"], "config_filename")
-                                                 else flags.FLAGS["config"].serialize().split("=", 1)[1])
+    # The flag as given (path and ":arg"), so that `gram.py:smoke` gets its own workdir.
+    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
     print(f"pmrl_jax: loss {config.loss.name}"
           f"{f' (after {config.warm_start.steps} steps of {config.warm_start.loss})' if config.warm_start.loss else ''}"
           f", modalities {list(config.data.modalities)} of {config.data.name}, {config.num_steps} steps, "

@@ -214,11 +214,12 @@ class Trainer:
                 metrics = {"contrastive_loss": contrastive}
                 total = contrastive
                 if matching_weight:
-                    others = [m for m in config.data.modalities if m != config.data.modalities[anchor]]
-                    scores = similarity(z[:, anchor:anchor + 1], z[:, jnp.asarray(
-                        [i for i in range(z.shape[1]) if i != anchor])])
-                    match = matching_loss(model.matching, tokens[config.data.modalities[anchor]],
-                                          jnp.concatenate([tokens[m] for m in others], axis=1), scores, negatives_key)
+                    anchor_z, others_z = _split_anchor(z, anchor)
+                    anchor_name = config.data.modalities[anchor]
+                    others = [m for m in config.data.modalities if m != anchor_name]
+                    match = matching_loss(model.matching, tokens[anchor_name],
+                                          jnp.concatenate([tokens[m] for m in others], axis=1),
+                                          similarity(anchor_z[:, None], others_z), negatives_key)
                     metrics["matching_loss"] = match
                     total = total + matching_weight * match
                 return total, metrics

@@ -44,9 +44,8 @@ def test_every_encoder_kind_gives_unit_embeddings_and_tokens():
 
 def test_text_padding_does_not_change_the_embedding():
     model, batch = _model(), _batch()
-    longer = dict(batch, text=jnp.concatenate([batch["text"], jnp.zeros((5, 0), jnp.int32)], axis=1))
-    changed = dict(batch, text=batch["text"].at[:, 10].set(0))  # already padding: same
-    np.testing.assert_allclose(_forward(model, longer)[0], _forward(model, changed)[0], atol=1e-6)
+    longer = dict(batch, text=jnp.concatenate([batch["text"], jnp.zeros((5, 4), jnp.int32)], axis=1))
+    np.testing.assert_allclose(_forward(model, longer)[0], _forward(model, batch)[0], atol=1e-6)
     real_change = dict(batch, text=batch["text"].at[:, 0].set(3))
     assert not np.allclose(_forward(model, batch)[0][:, 1], _forward(model, real_change)[0][:, 1])
 
