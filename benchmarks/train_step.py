@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -60,7 +61,7 @@ def measure(name: str, config, repeats: int) -> None:
     holder = {"state": trainer.init_state()}
 
     def run_step():
-        holder["state"], metrics = step(holder["state"], batch, key)
+        holder["state"], metrics = step(holder["state"], batch, np.int32(1), key)
         return metrics["loss"]
 
     def run_loss():

@@ -19,7 +19,12 @@ def get_base_config() -> ConfigDict:
     config.num_steps = 1500
     config.log_every = 50
     config.checkpoint_every = 500
-    config.max_checkpoints = 2
+    config.max_checkpoints = 2                     # >= 2 keeps a fallback if the newest is corrupted
+    # A step whose loss or gradient is NaN/inf is never applied. "stop": the run stops at
+    # its next log or checkpoint, naming the step and the modalities that went bad (the
+    # state stays as before that step). "skip": the step is dropped, counted
+    # (metrics: skipped_steps) and training goes on.
+    config.nonfinite = "stop"
 
     config.data = ConfigDict()
     config.data.name = "uci_multiple_features"

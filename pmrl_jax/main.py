@@ -4,7 +4,9 @@
     python -m pmrl_jax.main --config=configs/gram.py:smoke --config.num_steps=20
     python -m pmrl_jax.main --config=configs/gram.py --workdir=runs/gram --mode=eval [--step=N]
 
-Re-running the same command in the same workdir resumes from its newest checkpoint. The
+Re-running the same command in the same workdir resumes from its newest valid checkpoint
+(after kill -9, SIGTERM, which checkpoints before exiting with status 143, or a corrupted
+newest checkpoint, which is moved to corrupt_checkpoints/). The
 workdir receives checkpoints, TensorBoard event files, metrics.jsonl, config.json and
 results.json.
 """
@@ -49,7 +51,13 @@ def main(argv):
           f", modalities {list(config.data.modalities)} of {config.data.name}, {config.num_steps} steps, "
           f"{jax.device_count()} {jax.default_backend()} device(s), workdir {workdir}", flush=True)
     if _MODE.value == "train":
-        trainer, state = train.train(config, workdir, _STOP_AT.value)
+        try:
+            trainer, state = train.train(config, workdir, _STOP_AT.value)
+        except train.Preempted as preempted:
+            print(f"pmrl_jax: {preempted}", flush=True)
+            raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
+        except train.NonFiniteError as error:
+            raise SystemExit(f"pmrl_jax: {error}") from None
     else:
         trainer, state = train.latest_state(config, workdir, _STEP.value)
     results = train.evaluate(config, workdir, trainer, state)

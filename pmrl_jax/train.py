@@ -127,9 +127,24 @@ def build_model(config: ml_collections.ConfigDict, example_shapes: Mapping[str, 
     )
 
 
-def build_model_and_optimizer(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]]):
+class TrainingHealth(nnx.Module):
+    """What the run has seen of non-finite steps, checkpointed with the state:
+    how many steps were not applied because their loss or gradient was NaN/inf, and at
+    the first one, its (1-based) step and which modalities' inputs and embeddings were
+    non-finite."""
+
+    def __init__(self, num_modalities: int):
+        self.skipped_steps = nnx.Variable(jnp.zeros((), jnp.int32))
+        self.first_bad_step = nnx.Variable(jnp.zeros((), jnp.int32))
+        self.bad_inputs = nnx.Variable(jnp.zeros((num_modalities,), jnp.bool_))
+        self.bad_embeddings = nnx.Variable(jnp.zeros((num_modalities,), jnp.bool_))
+
+
+def build_training_objects(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]]):
+    """(model, optimizer, health): the objects whose `nnx.state` is the training state."""
     model = build_model(config, example_shapes, nnx.Rngs(config.seed))
-    return model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+    return (model, nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param),
+            TrainingHealth(len(config.data.modalities)))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -174,8 +189,7 @@ class Trainer:
     _compiled_steps: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def _initial_state(self):
-        model, optimizer = build_model_and_optimizer(self.config, self.example_shapes)
-        return nnx.state((model, optimizer))
+        return nnx.state(build_training_objects(self.config, self.example_shapes))
 
     def init_state(self):
         """The initial state, created directly in its shardings."""
@@ -191,8 +205,12 @@ class Trainer:
     def model(self, state) -> MultimodalModel:
         return nnx.merge(self.graphdef, state)[0]
 
+    def health(self, state) -> TrainingHealth:
+        return nnx.merge(self.graphdef, state)[2]
+
     def step_fn(self, loss_name: str):
-        """The compiled training step for one loss: (state, batch, key) -> (state, metrics)."""
+        """The compiled training step for one loss: (state, batch, step, key) -> (state,
+        metrics), `step` being the 1-based number of the step (it names a non-finite one)."""
         if loss_name not in self._compiled_steps:
             self._compiled_steps[loss_name] = self._make_step(loss_name)
         return self._compiled_steps[loss_name]
@@ -203,9 +221,10 @@ class Trainer:
         anchor = config.loss.anchor
         matching_weight = config.model.matching.weight if config.model.matching.enabled else 0.0
         similarity = L.get_similarity(config.loss.similarity)
+        skip_nonfinite = config.nonfinite == "skip"
 
-        def step(state, batch, key):
-            model, optimizer = nnx.merge(graphdef, state)
+        def step(state, batch, step_number, key):
+            model, optimizer, health = nnx.merge(graphdef, state)
             dropout_key, negatives_key = jax.random.split(key)
 
             def objective(model):
@@ -222,15 +241,33 @@ class Trainer:
                                           similarity(anchor_z[:, None], others_z), negatives_key)
                     metrics["matching_loss"] = match
                     total = total + matching_weight * match
-                return total, metrics
+                return total, (metrics, ~jnp.all(jnp.isfinite(z), axis=(0, 2)))
 
-            (loss, metrics), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+            (loss, (metrics, bad_embeddings)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+            grad_norm = _global_norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            # Under "stop", nothing is applied after the first non-finite step: the loop
+            # stops at its next check with the state as it was before that step.
+            apply = finite if skip_nonfinite else finite & (health.skipped_steps[...] == 0)
+            # A copy: nnx.state shares the Variables that `update` mutates in place.
+            before = jax.tree.map(lambda x: x, nnx.state((model, optimizer)))
             optimizer.update(model, grads)
-            metrics.update(loss=loss, temperature=model.temperature(), grad_norm=_global_norm(grads))
-            return nnx.state((model, optimizer)), metrics
+            kept = jax.tree.map(lambda new, old: jnp.where(apply, new, old), nnx.state((model, optimizer)), before)
+            nnx.update((model, optimizer), kept)
+
+            first = ~finite & (health.skipped_steps[...] == 0)
+            health.first_bad_step[...] = jnp.where(first, step_number, health.first_bad_step[...])
+            health.bad_inputs[...] = jnp.where(first, jnp.stack([~jnp.all(jnp.isfinite(batch[m]))
+                                                                 for m in config.data.modalities]),
+                                               health.bad_inputs[...])
+            health.bad_embeddings[...] = jnp.where(first, bad_embeddings, health.bad_embeddings[...])
+            health.skipped_steps[...] += (~finite).astype(jnp.int32)
+            metrics.update(loss=loss, temperature=model.temperature(), grad_norm=grad_norm,
+                           skipped_steps=health.skipped_steps[...])
+            return nnx.state((model, optimizer, health)), metrics
 
         replicated = sharding.replicated(self.mesh)
-        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding, replicated),
+        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding, replicated, replicated),
                        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
 
     def loss_at(self, step: int) -> str:
@@ -248,7 +285,7 @@ def make_trainer(config: ml_collections.ConfigDict, example_shapes: Mapping[str,
     mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     validate(config, example_shapes, mesh.size)
     shapes = {k: tuple(v) for k, v in example_shapes.items()}
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model_and_optimizer(config, shapes)))
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_training_objects(config, shapes)))
     return Trainer(config, mesh, graphdef, sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size),
                    sharding.batch_sharding(mesh), shapes)
 
@@ -285,6 +322,8 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
             raise ValueError(f"config.loss.{field} must be > 0; got {config.loss[field]}")
     if config.model.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={config.model.dtype!r}; known: {', '.join(DTYPES)}")
+    if config.nonfinite not in ("stop", "skip"):
+        raise ValueError(f"config.nonfinite={config.nonfinite!r}; expected 'stop' or 'skip'")
     if config.num_steps < 1:
         raise ValueError(f"config.num_steps must be >= 1; got {config.num_steps}")
     devices = jax.device_count() if num_devices is None else num_devices
@@ -299,10 +338,15 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
 # ---- checkpoints -----------------------------------------------------------------------
 
 
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict):
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict, read_only: bool = False):
+    """Orbax writes each checkpoint into a temporary directory and renames it when
+    complete, so a process killed mid-write leaves no step behind, only a temporary
+    directory, which the next writing manager removes. `read_only` (evaluation) touches
+    nothing, so it is safe beside a running job."""
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints, create=not read_only,
+                                           cleanup_tmp_directories=not read_only, read_only=read_only)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
@@ -324,6 +368,47 @@ def restore_checkpoint(manager, step: int, abstract_state, iterator=None):
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+@jax.jit
+def _all_finite(state) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def restore_newest_valid(manager, trainer: Trainer, workdir: str, iterator=None, set_aside: bool = True):
+    """(step, state) from the newest checkpoint that restores and is finite, or (0, None)
+    when there is none. A checkpoint that fails is reported and, with `set_aside`, moved
+    to `workdir/corrupt_checkpoints/` (so that the step can be written again) before the
+    next older one is tried."""
+    import shutil
+
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = restore_checkpoint(manager, step, trainer.abstract_state(), iterator)
+            if not bool(_all_finite(state)):
+                raise FloatingPointError("it holds NaN or inf")
+            if failures:
+                if set_aside:
+                    manager.reload()
+                _warn(f"using step {step}, the newest valid checkpoint")
+            return step, state
+        except Exception as error:  # a corrupted checkpoint fails in many ways (orbax, tensorstore, json)
+            message = f"checkpoint of step {step} in {workdir} cannot be restored: {type(error).__name__}: " \
+                      f"{str(error).splitlines()[0] if str(error) else ''}"
+            if set_aside and jax.process_index() == 0:
+                aside = os.path.join(workdir, "corrupt_checkpoints", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.makedirs(os.path.dirname(aside), exist_ok=True)
+                shutil.move(os.path.join(str(manager.directory), str(step)), aside)
+                message += f"; moved to {aside}"
+            _warn(message)
+            failures.append(step)
+    if failures:
+        raise RuntimeError(f"no checkpoint in {workdir} can be restored (tried steps {failures}); "
+                           f"{'they were moved to corrupt_checkpoints/; ' if set_aside else ''}"
+                           f"re-running starts from step 0")
+    return 0, None
 
 
 # ---- logging ---------------------------------------------------------------------------
@@ -388,6 +473,13 @@ class MetricWriter:
 def _say(message: str) -> None:
     if jax.process_index() == 0:
         print(message, flush=True)
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    if jax.process_index() == 0:
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -457,19 +549,78 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
         _write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
 
+class NonFiniteError(FloatingPointError):
+    """A step's loss or gradient was NaN/inf under `config.nonfinite = "stop"`."""
+
+
+class Preempted(Exception):
+    """SIGTERM (or, over several processes, jax's preemption notice) arrived; the state
+    of `step` was checkpointed."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(f"preempted: stopped after step {step}, checkpoint written in {workdir}; "
+                         f"re-run the same command to resume")
+        self.step = step
+
+
+class PreemptionNotice:
+    """While entered, SIGTERM is remembered instead of killing the process, and
+    `requested(step)` says whether to checkpoint and stop after `step`. Over several
+    processes jax's preemption service (which catches SIGTERM itself) picks one step that
+    every process reaches."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.received, self.previous = False, None
+        self.multiprocess = jax.process_count() > 1
+        if not self.multiprocess and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._receive)
+        return self
+
+    def _receive(self, signum, frame) -> None:
+        self.received = True
+
+    def requested(self, step: int) -> bool:
+        if self.multiprocess:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.received
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def describe_nonfinite(health: TrainingHealth, modalities) -> str:
+    first = int(health.first_bad_step[...])
+    inputs = [m for m, bad in zip(modalities, np.asarray(health.bad_inputs[...])) if bad]
+    embeddings = [m for m, bad in zip(modalities, np.asarray(health.bad_embeddings[...])) if bad]
+    where = (f"the embeddings of {embeddings} were non-finite" if embeddings
+             else "every embedding was finite (the loss or its gradient overflowed)")
+    cause = f"; the batch's inputs of {inputs} held NaN/inf" if inputs else "; every input was finite"
+    return f"step {first}: non-finite loss or gradient; {where}{cause}"
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, stop_at: int | None = None,
           mesh: jax.sharding.Mesh | None = None) -> tuple[Trainer, object]:
     """Trains to `config.num_steps` (or stops early after step `stop_at`, checkpointed),
-    resuming from the newest checkpoint in `workdir`. The step key is
-    fold_in(key(seed), step), so a resumed run draws the same randomness."""
+    resuming from the newest valid checkpoint in `workdir`. The step key is
+    fold_in(key(seed), step), so a resumed run draws the same randomness.
+
+    Raises `Preempted` after checkpointing when SIGTERM arrives, and `NonFiniteError`
+    (without checkpointing) when a step goes non-finite under `config.nonfinite="stop"`."""
     prepare_workdir(workdir, config)
     source = data_sources(config, ("train",))["train"]
     trainer = make_trainer(config, example_shapes_of(source), mesh)
     iterator = training_iterator(config, source)
     manager = checkpoint_manager(workdir, config)
-    start = manager.latest_step() or 0
+    start, state = restore_newest_valid(manager, trainer, workdir, iterator)
     if start:
-        state = restore_checkpoint(manager, start, trainer.abstract_state(), iterator)
         _say(f"resumed from step {start} in {workdir}")
     else:
         state = trainer.init_state()
@@ -478,23 +629,45 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at: int | None =
     base_key = jax.random.key(config.seed)
     t0 = time.perf_counter()
     end = config.num_steps if stop_at is None else min(stop_at, config.num_steps)
-    for step in range(start, end):
-        batch = trainer.global_batch(next(iterator))
-        with jax.set_mesh(trainer.mesh):
-            state, metrics = trainer.step_fn(trainer.loss_at(step))(state, batch, jax.random.fold_in(base_key, step))
-        done = step + 1
-        if done % config.log_every == 0 or done == config.num_steps:
-            metrics = jax.device_get(metrics)
-            writer.write(done, metrics)
-            if jax.process_index() == 0:
-                progress.report(done, float(metrics["loss"]))
-        if done % config.checkpoint_every == 0 or done == end:
-            save_checkpoint(manager, done, state, iterator)
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+    skipped = 0
+    try:
+        with PreemptionNotice() as preemption:
+            for step in range(start, end):
+                batch = trainer.global_batch(next(iterator))
+                done = step + 1
+                with jax.set_mesh(trainer.mesh):
+                    state, metrics = trainer.step_fn(trainer.loss_at(step))(
+                        state, batch, np.int32(done), jax.random.fold_in(base_key, step))
+                log = done % config.log_every == 0 or done == config.num_steps
+                preempted = preemption.requested(done)
+                save = done % config.checkpoint_every == 0 or done == end or preempted
+                if not (log or save):
+                    continue
+                metrics = jax.device_get(metrics)
+                if metrics["skipped_steps"] > skipped:
+                    skipped = int(metrics["skipped_steps"])
+                    report = describe_nonfinite(trainer.health(state), config.data.modalities)
+                    if config.nonfinite == "stop":
+                        raise NonFiniteError(f"{report}. Stopped at step {done} without checkpointing it; "
+                                             f"the newest checkpoint predates the bad step "
+                                             f"(config.nonfinite='skip' drops such steps instead)")
+                    _warn(f"skipping non-finite steps ({skipped} so far; the first: {report})")
+                if log:
+                    writer.write(done, metrics)
+                    if jax.process_index() == 0:
+                        progress.report(done, float(metrics["loss"]))
+                if save:
+                    save_checkpoint(manager, done, state, iterator)
+                if preempted:
+                    manager.wait_until_finished()
+                    raise Preempted(done, workdir)
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
     if end > start:
-        _say(f"trained steps {start}..{end} in {time.perf_counter() - t0:.1f} s")
+        _say(f"trained steps {start}..{end} in {time.perf_counter() - t0:.1f} s"
+             f"{f', {skipped} non-finite steps skipped' if skipped else ''}")
     return trainer, state
 
 
@@ -521,11 +694,17 @@ def latest_state(config: ml_collections.ConfigDict, workdir: str, step: int | No
     check_workdir_config(workdir, config)
     source = data_sources(config, ("train",))["train"]
     trainer = make_trainer(config, example_shapes_of(source), mesh)
-    manager = checkpoint_manager(workdir, config)
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise FileNotFoundError(f"workdir {workdir!r} has no checkpoint{'' if step is None else f' at step {step}'};"
-                                f" it has steps {list(manager.all_steps())}")
-    state = restore_checkpoint(manager, step, trainer.abstract_state())
-    manager.close()
+    manager = checkpoint_manager(workdir, config, read_only=True)
+    try:
+        if step is None:
+            step, state = restore_newest_valid(manager, trainer, workdir, set_aside=False)
+            if state is None:
+                raise FileNotFoundError(f"workdir {workdir!r} has no checkpoint")
+        elif step in manager.all_steps():
+            state = restore_checkpoint(manager, step, trainer.abstract_state())
+        else:
+            raise FileNotFoundError(f"workdir {workdir!r} has no checkpoint at step {step}; "
+                                    f"it has steps {list(manager.all_steps())}")
+    finally:
+        manager.close()
     return trainer, state

@@ -45,12 +45,13 @@ def test_unknown_config_argument_is_an_error():
     ("data.batch_size", 30, "config.data.batch_size=30"),
     ("loss.anchor", 3, "config.loss.anchor=3"),
     ("model.dtype", "float16", "config.model.dtype='float16'"),
+    ("nonfinite", "ignore", "config.nonfinite='ignore'"),
 ])
 def test_bad_fields_are_named(field, value, message):
     config = load_config("gram")
     section, _, key = field.rpartition(".")
     target = config
-    for part in section.split("."):
+    for part in filter(None, section.split(".")):
         target = target[part]
     target[key] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
