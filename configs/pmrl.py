@@ -20,4 +20,7 @@ def get_config(arg=None):
     config.model.matching.enabled = True
     config.warm_start.loss = "clip"
     config.warm_start.steps = 1400
+    config.evals = config.evals + ("rerank",)
+    config.eval.set_queries = ("pix->fac+fou+kar+mor+zer", "fac+fou+kar+mor+zer->pix")
+    config.eval.set_similarity = "sigma1"
     return finalize(config, arg)

@@ -76,8 +76,20 @@ def get_base_config() -> ConfigDict:
     config.mesh.fsdp = 1
     config.mesh.fsdp_min_size = 2**18              # parameters with fewer elements stay replicated
 
+    # Evaluators run on data.eval_split after training and by --mode=eval (pmrl_jax.evaluators).
+    config.evals = ("retrieval", "classification", "robustness")   # and "rerank" (needs the matching head)
     config.eval = ConfigDict()
-    config.eval.similarity = "cosine"
+    config.eval.similarity = "cosine"              # any-to-any retrieval measure (pmrl_jax.losses registry)
+    config.eval.set_queries = ()                   # e.g. ("pix->fac+kar", "fac+kar->pix")
+    config.eval.set_similarity = "volume"          # measure for set queries
+    config.eval.rerank_top_k = 50                  # candidates the matching head re-scores
+    config.eval.noise_levels = (0.0, 0.5, 1.0, 2.0)  # robustness: std of the noise added to every input
+    # classification: a .npy with one input of this modality per class, in label order
+    # (e.g. token ids of "a photo of a <class>"), embedded as zero-shot prototypes.
+    config.eval.class_descriptions = ""
+    config.eval.class_description_modality = ""
+    config.eval.tile = 1024                        # candidates per scoring block (memory: rows/devices x tile)
+    config.eval.plots = True                       # PNGs in the workdir
     return config
 
 
@@ -92,6 +104,11 @@ def smoke(config: ConfigDict) -> ConfigDict:
         anchor = config.data.modalities[config.loss.anchor]
         config.data.modalities = (anchor,) + tuple(m for m in ("fac", "kar", "pix") if m != anchor)[:2]
         config.loss.anchor = 0  # three views keep compilation short
+    if config.eval.set_queries:  # the views changed: anchor -> the others, and back
+        anchor, others = config.data.modalities[config.loss.anchor], "+".join(
+            m for i, m in enumerate(config.data.modalities) if i != config.loss.anchor)
+        config.eval.set_queries = (f"{anchor}->{others}", f"{others}->{anchor}")
+    config.eval.noise_levels = (0.0, 1.0)
     config.model.width = 32
     config.model.embed_dim = 16
     config.optimizer.warmup_steps = 2

@@ -8,41 +8,62 @@ queries with rank <= K; MedR and MnR are the median and mean rank.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from pmrl_jax import losses as L
-from pmrl_jax.data.pipeline import evaluation_batches
+from pmrl_jax.data.pipeline import GaussianNoise, evaluation_batches
 
 RECALL_AT = (1, 5, 10)
 
 
-def embed_split(trainer, state, source, *, batch_size: int) -> np.ndarray:
-    """Embeddings [N, k, d] (float32, numpy) of every example of `source`, each exactly
-    once: the padded rows of the last batch are dropped by the mask."""
-    model_forward = jax.jit(lambda state, batch: trainer.model(state)(batch)[0],
-                            in_shardings=(trainer.state_shardings, trainer.batch_sharding))
+@dataclasses.dataclass
+class Embedded:
+    """A split's embeddings [N, k, d] (float32, numpy, row i = example i), optionally its
+    encoder tokens {modality: [N, n, width]}, and its labels [N] when the data has them."""
+
+    embeddings: np.ndarray
+    tokens: dict[str, np.ndarray] | None = None
+    labels: np.ndarray | None = None
+
+
+def embed_split(trainer, state, source, *, batch_size: int, noise: float = 0.0, seed: int = 0,
+                tokens: bool = False) -> Embedded:
+    """Embeds every example of `source` exactly once (the padded rows of the last batch
+    are dropped by the mask). `noise` > 0 adds N(0, noise^2) to every input first, drawn
+    from `seed`, the batch number and the process."""
+    modalities = list(trainer.config.data.modalities)
+
+    forward = trainer.forward_fn(tokens)
     process_batch = batch_size // jax.process_count()
+    noisy = GaussianNoise(level=noise, modalities=tuple(modalities)) if noise else None
     chunks = []
-    for batch in evaluation_batches(source, batch_size=process_batch, shard_index=jax.process_index(),
-                                    shard_count=jax.process_count()):
+    for number, batch in enumerate(evaluation_batches(source, batch_size=process_batch,
+                                                      shard_index=jax.process_index(),
+                                                      shard_count=jax.process_count())):
+        if noisy:
+            batch = noisy.random_map(batch, np.random.default_rng([seed, number, jax.process_index()]))
         with jax.set_mesh(trainer.mesh):
-            z = model_forward(state, trainer.global_batch(batch))
-        mask = jax.make_array_from_process_local_data(trainer.batch_sharding, batch["mask"])
-        index = jax.make_array_from_process_local_data(trainer.batch_sharding, batch["index"])
-        z, mask, index = (np.asarray(jax.experimental.multihost_utils.process_allgather(a, tiled=True))
-                          for a in (z, mask, index))
-        chunks.append((index[mask], z[mask]))
-    indices = np.concatenate([c[0] for c in chunks])
-    embeddings = np.concatenate([c[1] for c in chunks])
-    order = np.argsort(indices, kind="stable")
-    if not np.array_equal(indices[order], np.arange(len(source))):
-        raise RuntimeError(f"evaluation saw {len(indices)} examples, not each of the {len(source)} exactly once")
-    return embeddings[order]
+            z, token_dict = forward(state, trainer.global_batch(batch))
+        local = {"z": z, **{f"tokens/{m}": t for m, t in token_dict.items()}}
+        for key in ("mask", "index") + (("label",) if "label" in batch else ()):
+            local[key] = jax.make_array_from_process_local_data(trainer.batch_sharding, batch[key])
+        gathered = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in local.items()}
+        mask = gathered.pop("mask")
+        chunks.append({k: v[mask] for k, v in gathered.items()})
+    merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    order = np.argsort(merged["index"], kind="stable")
+    if not np.array_equal(merged["index"][order], np.arange(len(source))):
+        raise RuntimeError(f"evaluation saw {len(merged['index'])} examples, not each of the {len(source)} exactly once")
+    return Embedded(embeddings=merged["z"][order],
+                    tokens={m: merged[f"tokens/{m}"][order] for m in modalities} if tokens else None,
+                    labels=merged["label"][order] if "label" in merged else None)
 
 
 def ranks_of_diagonal(scores: np.ndarray) -> np.ndarray:

@@ -40,7 +40,6 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and jax report every step at INFO
     import jax
 
-    from pmrl_jax import evaluate as ev
     from pmrl_jax import train
 
     config = _CONFIG.value
@@ -62,11 +61,9 @@ def main(argv):
         trainer, state = train.latest_state(config, workdir, _STEP.value)
     results = train.evaluate(config, workdir, trainer, state)
     if jax.process_index() == 0:
-        print(ev.format_table(results["retrieval"],
-                              f"{results['split']} split, {results['num_examples']} examples, "
-                              f"{results['similarity']} similarity, any-to-any retrieval"))
-        print(f"results: {os.path.join(workdir, 'results.json')}")
-
+        print(train.format_results(results))
+        print(f"results: {os.path.join(workdir, 'results.json')}"
+              f"{'; plots: ' + ', '.join(results['plots']) if results.get('plots') else ''}")
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")

@@ -6,6 +6,13 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests (and the job subprocesses and notebook kernels, which inherit the
+# environment) compile the same smoke-sized programs: a persistent compilation cache,
+# fresh for each session, compiles each once. jax keys it by the program and the flags.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pmrl_jax_test_jit_cache_")
 
 import hypothesis  # noqa: E402
 

@@ -38,3 +38,13 @@ def test_train_step_benchmark_runs():
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("clip ", "gram "))]
     assert [row[0] for row in rows] == ["clip", "gram"], result.stdout
     assert all(float(row[3]) > 0 and row[5].endswith("%") for row in rows)
+
+
+def test_eval_benchmark_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "eval.py"), "--sizes", "500", "--dim", "16", "--tile", "32"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("500 ")]
+    assert float(row[2]) < float(row[3]), result.stdout  # blocked memory below the unblocked program's

@@ -39,12 +39,11 @@ def _command(workdir):
 
 
 @pytest.fixture(scope="module")
-def job_env(tmp_path_factory):
-    """The subprocesses see this process's 8 fake devices and share a compilation cache
-    (the same programs each time: only start-up gets faster)."""
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return env
+def job_env():
+    """The subprocesses see this process's 8 fake devices and share its compilation
+    cache (conftest.py), caching every program: they run the same ones each time."""
+    return dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 @pytest.fixture(scope="module")

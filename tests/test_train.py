@@ -29,11 +29,11 @@ def _smoke(name, **overrides):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
-    config = _smoke(name)
+    config = _smoke(name, eval__rerank_top_k=10)
     trainer, state = train.train(config, str(tmp_path))
     results = train.evaluate(config, str(tmp_path), trainer, state)
     k = len(config.data.modalities)
-    table = results["retrieval"]
+    table = results["evals"]["retrieval"]["any_to_any"]
     assert len(table) == k * (k - 1) + 1 and results["num_examples"] == 400
     assert all(0.0 <= row["R@1"] <= row["R@5"] <= row["R@10"] <= 1.0 for row in table.values())
     history = _losses(tmp_path)
@@ -44,9 +44,31 @@ def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
     assert os.listdir(tmp_path / "tensorboard")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
     with open(tmp_path / "results.json") as f:
-        assert json.load(f)["retrieval"]["mean"] == table["mean"]
+        assert json.load(f)["evals"]["retrieval"]["any_to_any"]["mean"] == table["mean"]
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["loss"]["name"] == name
+    for plot in ("retrieval_r1.png", "sigma1.png", "robustness.png", "training.png"):
+        with open(tmp_path / plot, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", plot
+    expected = {"retrieval", "classification", "robustness"} | ({"rerank"} if name in ("gram", "pmrl") else set())
+    assert set(results["evals"]) == expected
+    assert results["evals"]["robustness"]["levels"] == list(config.eval.noise_levels)
+    if name == "gram":
+        _check_set_queries_rerank_and_eval_only_run(config, tmp_path, results)
+
+
+def _check_set_queries_rerank_and_eval_only_run(config, workdir, results):
+    evals = results["evals"]
+    assert list(evals["retrieval"]["set_queries"]) == list(config.eval.set_queries)
+    for direction in config.eval.set_queries:
+        rerank = evals["rerank"][direction]
+        # The plain row is the set query's own retrieval (the same measure, volume, here);
+        # re-ranking permutes the top K = 10 only, so as many true matches stay within 10.
+        assert rerank["plain"] == evals["retrieval"]["set_queries"][direction]
+        assert rerank["reranked"]["R@10"] == rerank["plain"]["R@10"]
+    # --mode=eval's path: the newest checkpoint alone gives the same results.
+    restored_trainer, restored = train.latest_state(config, str(workdir))
+    assert train.evaluate(config, str(workdir), restored_trainer, restored)["evals"] == evals
 
 
 def test_resume_after_a_stop_continues_the_same_loss_curve(tmp_path):
@@ -86,8 +108,9 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     source = train.data_sources(config, ("test",))["test"]
     from pmrl_jax.evaluate import embed_split
 
-    np.testing.assert_allclose(embed_split(trainer, state, source, batch_size=64),
-                               embed_split(restored_trainer, restored, source, batch_size=64), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(embed_split(trainer, state, source, batch_size=64).embeddings,
+                               embed_split(restored_trainer, restored, source, batch_size=64).embeddings,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_workdir_of_another_model_is_refused(tmp_path):

@@ -42,10 +42,12 @@ def read_batch(source, indices: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class ArraySource:
-    """In-memory random-access source over row-aligned arrays (e.g. the UCI views)."""
+    """In-memory random-access source over row-aligned arrays (e.g. the UCI views).
+    Float arrays become float32; integer arrays (token ids) keep their type."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray], labels: np.ndarray | None = None):
-        self.arrays = {m: np.asarray(a, np.float32) for m, a in arrays.items()}
+        self.arrays = {m: np.asarray(a) if np.issubdtype(np.asarray(a).dtype, np.integer) else np.asarray(a, np.float32)
+                       for m, a in arrays.items()}
         rows = {m: a.shape[0] for m, a in self.arrays.items()}
         if len(set(rows.values())) != 1:
             raise ValueError(f"modalities must have the same number of rows; got {rows}")

@@ -1,0 +1,145 @@
+"""Blocked, sharded scoring against brute force, and the evaluators' metrics (the
+evaluators end to end: tests/test_train.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs_util import load_config
+from pmrl_jax import evaluate as ev
+from pmrl_jax import evaluators, losses as L, scoring, sharding
+
+
+def brute_force_ranks(scores):
+    """Query i's rank of candidate i: 1 + #{j != i : s_ij >= s_ii} (ties against), by loops."""
+    n = len(scores)
+    return np.array([1 + sum(1 for j in range(n) if j != i and scores[i, j] >= scores[i, i]) for i in range(n)])
+
+
+def signed_one_hot(rng, n, rows, d=4):
+    """Unit rows +-e_m: every cosine, volume and product is exact in float32, and ties abound."""
+    x = np.zeros((n, rows, d), np.float32)
+    x[np.arange(n)[:, None], np.arange(rows)[None], rng.integers(0, d, (n, rows))] = rng.choice([-1.0, 1.0], (n, rows))
+    return x
+
+
+MESHES = {"1 device": lambda: sharding.make_mesh(devices=jax.devices()[:1]),
+          "8 devices": lambda: sharding.make_mesh(data=4, fsdp=2)}
+
+
+@pytest.mark.parametrize("mesh", MESHES, ids=list(MESHES))
+@pytest.mark.parametrize("measure,q,c", [("cosine", 1, 1), ("volume", 1, 2), ("volume", 2, 1), ("mip", 1, 2)])
+@pytest.mark.parametrize("tile", [3, 16, 1024])
+def test_blocked_ranks_equal_brute_force_on_exact_scores_with_ties(measure, q, c, tile, mesh):
+    rng = np.random.default_rng(0)
+    n = 53  # divisible by neither the devices nor the tiles
+    queries, candidates = signed_one_hot(rng, n, q), signed_one_hot(rng, n, c)
+    full = np.asarray(L.get_similarity(measure)(queries, candidates))
+    assert len(np.unique(full)) < 10  # a handful of exact values: many ties
+    expected = brute_force_ranks(full)
+    got = scoring.diagonal_ranks(queries, candidates, measure, MESHES[mesh](), tile=tile)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_blocked_ranks_do_not_depend_on_the_device_count_and_match_the_full_matrix():
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((301, 3, 32)).astype(np.float32)
+    one = scoring.diagonal_ranks(z[:, :1], z[:, 1:2], "cosine", MESHES["1 device"](), tile=32)
+    eight = scoring.diagonal_ranks(z[:, :1], z[:, 1:2], "cosine", MESHES["8 devices"](), tile=32)
+    np.testing.assert_array_equal(one, eight)
+    np.testing.assert_array_equal(one, brute_force_ranks(np.asarray(L.get_similarity("cosine")(z[:, :1], z[:, 1:2]))))
+
+
+def test_nan_scores_count_against_the_model():
+    z = np.ones((4, 1, 2), np.float32)
+    z[2] = np.nan
+    ranks = scoring.diagonal_ranks(z, z, "cosine", MESHES["1 device"]())
+    assert ranks[2] == 4  # its positive is NaN: every candidate counts as at least as good
+
+
+def test_blocked_top_candidates_equal_a_full_sort():
+    rng = np.random.default_rng(2)
+    queries, candidates = rng.standard_normal((70, 1, 16)), rng.standard_normal((70, 2, 16))
+    full = np.asarray(L.get_similarity("volume")(queries.astype(np.float32), candidates.astype(np.float32)))
+    got = scoring.top_candidates(queries, candidates, "volume", MESHES["8 devices"](), 5, tile=16)
+    np.testing.assert_array_equal(got, np.argsort(-full, axis=1, kind="stable")[:, :5])
+
+
+def test_retrieval_metrics_against_brute_force():
+    ranks = np.array([1, 1, 2, 5, 6, 10, 11, 400])
+    metrics = ev.retrieval_metrics(ranks)
+    assert metrics == {"R@1": 2 / 8, "R@5": 4 / 8, "R@10": 6 / 8, "MedR": 5.5, "MnR": float(np.mean(ranks))}
+
+
+def test_rerank_ranks_within_the_shortlist_and_keeps_misses():
+    plain = np.array([2, 7, 60])
+    shortlist = np.array([[3, 0, 4], [1, 5, 6], [0, 1, 5]])  # query 2's match is not in its shortlist
+    head = np.array([[0.1, 0.9, 0.9],   # query 0: tie with candidate 4 counts against: rank 2
+                     [5.0, 1.0, 2.0],   # query 1: best: rank 1
+                     [1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(evaluators.rerank_ranks(plain, shortlist, head), [2, 1, 60])
+
+
+def test_top_k_accuracy_counts_ties_against():
+    scores = np.array([[0.9, 0.9, 0.1], [0.2, 0.8, 0.1], [0.3, 0.2, 0.1]])
+    result = evaluators.top_k_accuracy(scores, np.array([0, 1, 2]), classes=[0, 1, 2])
+    assert result == {"top-1": 1 / 3, "top-5": 1.0}
+
+
+@pytest.mark.parametrize("text", ["pix->pix", "pix->", "pix+audio->fac", "pix fac"])
+def test_bad_set_queries_are_named(text):
+    with pytest.raises(ValueError, match="config.eval.set_queries entry"):
+        evaluators.parse_set_query(text, ["pix", "fac", "kar"])
+
+
+def test_unknown_evaluator_and_rerank_without_head_are_rejected():
+    config = load_config("clip")
+    config.evals = ("retrieval", "recall")
+    with pytest.raises(ValueError, match=r"config.evals names \['recall'\]"):
+        evaluators.check_evals(config)
+    config.evals = ("rerank",)
+    with pytest.raises(ValueError, match="config.model.matching.enabled"):
+        evaluators.check_evals(config)
+
+
+def test_blocked_scoring_never_holds_the_full_score_matrix():
+    """Compiled, not run: 20,000 queries on 8 devices, whose N x N float32 matrix is 1.6 GB."""
+    mesh, n, tile = MESHES["8 devices"](), 20_000, 256
+    padded = -(-n // (mesh.size * tile)) * mesh.size * tile
+    shape = jax.ShapeDtypeStruct((padded, 1, 64), np.float32)
+    compiled = scoring.make_rank_function("cosine", mesh, n, tile).lower(shape, shape).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < n * n * 4 / 1000
+
+
+def test_classification_against_embedded_class_descriptions(tmp_path):
+    """Descriptions = one real `pix` input per class; checked against the model applied
+    directly (not through embed_split) and an argmax."""
+    from pmrl_jax import train
+
+    config = load_config("clip")
+    trainer, state = train.train(config, str(tmp_path / "run"))
+    context = evaluators.EvalContext(config, trainer, state)
+    test = context.source("test")
+    labels = test.labels
+    first_of_class = np.array([np.flatnonzero(labels == c)[0] for c in range(10)])
+    np.save(tmp_path / "descriptions.npy", test.arrays["pix"][first_of_class])
+    config.eval.class_descriptions = str(tmp_path / "descriptions.npy")
+    config.eval.class_description_modality = "pix"
+    result = evaluators.Classification().run(context)["by_description"]
+
+    model = trainer.model(state)
+    describe = {m: np.zeros((10,) + a.shape[1:], np.float32) for m, a in test.arrays.items()}
+    describe["pix"] = test.arrays["pix"][first_of_class]
+    prototypes = np.asarray(model(describe)[0])[:, config.data.modalities.index("pix")]
+    embeddings = np.asarray(model(test.arrays)[0])
+    for m, name in enumerate(config.data.modalities):
+        expected = np.mean(np.argmax(embeddings[:, m] @ prototypes.T, axis=1) == labels)
+        assert result[name]["top-1"] == pytest.approx(expected, abs=1.5 / len(labels)), name
+
+    config.eval.class_descriptions = str(tmp_path / "missing.npy")
+    with pytest.raises(FileNotFoundError, match="config.eval.class_descriptions"):
+        evaluators.Classification().run(context)
+    np.save(tmp_path / "short.npy", test.arrays["pix"][:3])
+    config.eval.class_descriptions = str(tmp_path / "short.npy")
+    with pytest.raises(ValueError, match=r"holds \(3, 240\); expected one 'pix' input per class"):
+        evaluators.Classification().run(context)
