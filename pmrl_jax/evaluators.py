@@ -137,9 +137,9 @@ class Rerank:
             query_index = np.repeat(np.arange(len(z)), top_k)
             candidate_index = shortlist.reshape(-1)
             if query_is_anchor:
-                scores = head(anchor_tokens[query_index], other_tokens[candidate_index])
+                scores = head(anchor_tokens, other_tokens, query_index, candidate_index)
             else:
-                scores = head(anchor_tokens[candidate_index], other_tokens[query_index])
+                scores = head(anchor_tokens, other_tokens, candidate_index, query_index)
             reranked = rerank_ranks(plain_ranks, shortlist, scores.reshape(len(z), top_k))
             result[direction] = {"plain": ev.retrieval_metrics(plain_ranks),
                                  "reranked": ev.retrieval_metrics(reranked)}
@@ -168,7 +168,9 @@ def rerank_ranks(plain_ranks: np.ndarray, shortlist: np.ndarray, head_scores: np
 
 
 def _matching_scores(context: EvalContext, chunk: int = 4096):
-    """(anchor tokens [P, n, w], data tokens [P, m, w]) -> match log-odds [P], in chunks."""
+    """score(anchor tokens [N, n, w], data tokens [N, m, w], anchor rows [P], data rows
+    [P]) -> the head's match log-odds [P] of each (anchor row, data row) pair, gathered
+    and scored `chunk` pairs at a time (N x K pairs of tokens would not fit in memory)."""
     trainer, state = context.trainer, context.state
 
     @jax.jit
@@ -176,10 +178,11 @@ def _matching_scores(context: EvalContext, chunk: int = 4096):
         out = trainer.model(state).matching(anchor_tokens, data_tokens)
         return out[:, 1] - out[:, 0]
 
-    def score(anchor_tokens: np.ndarray, data_tokens: np.ndarray) -> np.ndarray:
+    def score(anchor_tokens, data_tokens, anchor_rows: np.ndarray, data_rows: np.ndarray) -> np.ndarray:
         pieces = []
-        for start in range(0, len(anchor_tokens), chunk):
-            a, d = anchor_tokens[start:start + chunk], data_tokens[start:start + chunk]
+        for start in range(0, len(anchor_rows), chunk):
+            rows = slice(start, start + chunk)
+            a, d = anchor_tokens[anchor_rows[rows]], data_tokens[data_rows[rows]]
             size = len(a)
             if size < chunk:  # one compiled shape
                 a, d = (np.concatenate([x, np.zeros((chunk - size,) + x.shape[1:], x.dtype)]) for x in (a, d))
