@@ -71,6 +71,9 @@ def get_base_config() -> ConfigDict:
     config.optimizer.b2 = 0.999
     config.optimizer.grad_clip_norm = 1.0          # 0 disables clipping
 
+    # Several processes (hosts): see pmrl_jax/distributed.py. Off by default.
+    config.distributed = ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0, auto=False))
+
     config.mesh = ConfigDict()
     config.mesh.data = -1                          # -1: every device not used by fsdp
     config.mesh.fsdp = 1

@@ -40,20 +40,23 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and jax report every step at INFO
     import jax
 
-    from pmrl_jax import train
+    from pmrl_jax import distributed, train
 
     config = _CONFIG.value
+    distributed.initialize(config)  # before anything touches a device
     # The flag as given (path and ":arg"), so that `gram.py:smoke` gets its own workdir.
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
-    print(f"pmrl_jax: loss {config.loss.name}"
-          f"{f' (after {config.warm_start.steps} steps of {config.warm_start.loss})' if config.warm_start.loss else ''}"
-          f", modalities {list(config.data.modalities)} of {config.data.name}, {config.num_steps} steps, "
-          f"{jax.device_count()} {jax.default_backend()} device(s), workdir {workdir}", flush=True)
+    if jax.process_index() == 0:
+        print(f"pmrl_jax: loss {config.loss.name}"
+              f"{f' (after {config.warm_start.steps} steps of {config.warm_start.loss})' if config.warm_start.loss else ''}"
+              f", modalities {list(config.data.modalities)} of {config.data.name}, {config.num_steps} steps, "
+              f"{jax.device_count()} {jax.default_backend()} device(s), workdir {workdir}", flush=True)
     if _MODE.value == "train":
         try:
             trainer, state = train.train(config, workdir, _STOP_AT.value)
         except train.Preempted as preempted:
-            print(f"pmrl_jax: {preempted}", flush=True)
+            if jax.process_index() == 0:
+                print(f"pmrl_jax: {preempted}", flush=True)
             raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
         except train.NonFiniteError as error:
             raise SystemExit(f"pmrl_jax: {error}") from None
@@ -64,6 +67,7 @@ def main(argv):
         print(train.format_results(results))
         print(f"results: {os.path.join(workdir, 'results.json')}"
               f"{'; plots: ' + ', '.join(results['plots']) if results.get('plots') else ''}")
+
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")

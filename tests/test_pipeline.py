@@ -34,6 +34,27 @@ def test_two_processes_see_disjoint_halves():
     assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(40))
 
 
+def test_the_global_batch_does_not_depend_on_the_number_of_processes():
+    """Two processes' rows, stacked in process order, are the one process's batch: the
+    same examples and the same noise and dropout draws (multi-host runs follow the
+    single-host loss curve)."""
+    transforms = [P.GaussianNoise(modalities=("a",), level=0.5), P.ModalityDropout(modalities=("b",), probability=0.3)]
+
+    def batches(shard_index, shard_count):
+        dataset = P.training_dataset(source(), batch_size=8 // shard_count, seed=5, shard_index=shard_index,
+                                     shard_count=shard_count, transforms=transforms)
+        iterator = iter(dataset)
+        return [next(iterator) for _ in range(7)]
+
+    single, halves = batches(0, 1), [batches(p, 2) for p in range(2)]
+    for one, first, second in zip(single, *halves, strict=True):
+        for key in ("a", "b", "index"):
+            np.testing.assert_array_equal(one[key], np.concatenate([first[key], second[key]]))
+    # and the transforms did draw: noise on `a` (integer-valued before), dropped rows of `b`
+    assert not np.array_equal(single[0]["a"], np.round(single[0]["a"]))
+    assert sum(int((b["b"][:, 0] == 0).sum()) for b in single) > sum(int((b["index"] == 0).sum()) for b in single)
+
+
 def test_iterator_resumes_on_the_exact_next_batch():
     iterator = iter(P.training_dataset(source(), batch_size=8, seed=1))
     take(iterator, 7)
@@ -94,5 +115,5 @@ def test_label_and_index_travel_with_the_batch():
 def test_bad_shards_and_tiny_shards_are_rejected():
     with pytest.raises(ValueError, match="shard_index"):
         P.training_dataset(source(), batch_size=4, seed=0, shard_index=2, shard_count=2)
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(ValueError, match="fewer than one global batch of 16"):
         P.training_dataset(source(8), batch_size=16, seed=0)

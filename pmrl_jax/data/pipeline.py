@@ -149,13 +149,18 @@ _ENDLESS = 2**62  # batch numbers; grain reads lazily, so the length costs nothi
 
 
 class _EpochBatchIndices:
-    """Batch number -> the example indices of that batch: each epoch is a fresh seeded
-    permutation of this process's shard, cut into full batches (the remainder of an epoch
-    is dropped). One numpy permutation per epoch instead of a Python call per example."""
+    """Batch number -> the example indices of this process's rows of that global batch.
+    Each epoch is a fresh seeded permutation of all examples, cut into full global
+    batches (the remainder of an epoch is dropped); process p of P takes rows
+    [p B/P, (p+1) B/P) of each. So the global batches do not depend on the number of
+    processes, and each process reads only its rows. One numpy permutation per epoch
+    instead of a Python call per example."""
 
-    def __init__(self, shard_indices: np.ndarray, batch_size: int, seed: int):
-        self.shard_indices, self.batch_size, self.seed = shard_indices, batch_size, seed
-        self.batches_per_epoch = len(shard_indices) // batch_size
+    def __init__(self, num_examples: int, batch_size: int, seed: int, shard_index: int, shard_count: int):
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.global_batch_size = batch_size * shard_count
+        self.rows = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
+        self.batches_per_epoch = num_examples // self.global_batch_size
         self._lock = threading.Lock()
         self._epoch, self._permutation = -1, None
 
@@ -164,9 +169,9 @@ class _EpochBatchIndices:
         with self._lock:  # grain's reader threads share this object
             if epoch != self._epoch:
                 self._epoch = epoch
-                self._permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.shard_indices))
-            chosen = self._permutation[position * self.batch_size : (position + 1) * self.batch_size]
-        return self.shard_indices[chosen]
+                self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            batch = self._permutation[position * self.global_batch_size : (position + 1) * self.global_batch_size]
+        return batch[self.rows]
 
 
 def training_dataset(
@@ -179,20 +184,45 @@ def training_dataset(
     transforms: Sequence = (),
     prefetch_threads: int = 2,
 ) -> grain.IterDataset:
-    """Endless batches of `batch_size` (this process's share of the global batch)."""
+    """Endless batches of `batch_size` rows: this process's share of the global batch of
+    `batch_size * shard_count`. Random transforms draw for the whole global batch and keep
+    this process's rows, so that a batch is the same whatever the number of processes."""
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}); got {shard_index}")
-    shard_indices = np.arange(len(source))[shard_index::shard_count]
-    if len(shard_indices) < batch_size:
-        raise ValueError(f"this process's shard holds {len(shard_indices)} examples, fewer than one batch of {batch_size}")
-    batch_indices = _EpochBatchIndices(shard_indices, batch_size, seed)
+    if len(source) < batch_size * shard_count:
+        raise ValueError(f"the data holds {len(source)} examples, fewer than one global batch of "
+                         f"{batch_size * shard_count}")
+    batch_indices = _EpochBatchIndices(len(source), batch_size, seed, shard_index, shard_count)
     batches = grain.MapDataset.range(_ENDLESS).map(lambda b: read_batch(source, batch_indices(b)))
     for transform in transforms:
         if isinstance(transform, grain.transforms.RandomMap):
-            batches = batches.random_map(transform, seed=seed)
+            batches = batches.random_map(_GlobalRows(transform, shard_index, shard_count), seed=seed)
         else:
             batches = batches.map(transform)
     return batches.to_iter_dataset(grain.ReadOptions(num_threads=prefetch_threads, prefetch_buffer_size=4))
+
+
+@dataclasses.dataclass(frozen=True)
+class _GlobalRows(grain.transforms.RandomMap):
+    """Runs a random transform as if on the whole global batch (this process's rows
+    placed among zero rows) and keeps this process's rows: the random draws are then
+    those of a single process holding the whole batch. (grain seeds `rng` by the batch
+    number, the same on every process.)"""
+
+    transform: grain.transforms.RandomMap
+    shard_index: int
+    shard_count: int
+
+    def random_map(self, batch, rng: np.random.Generator):
+        if self.shard_count == 1:
+            return self.transform.random_map(batch, rng)
+        size = len(batch["index"])
+        rows = slice(self.shard_index * size, (self.shard_index + 1) * size)
+        whole = {}
+        for key, value in batch.items():
+            whole[key] = np.zeros((size * self.shard_count,) + value.shape[1:], value.dtype)
+            whole[key][rows] = value
+        return {key: value[rows] for key, value in self.transform.random_map(whole, rng).items()}
 
 
 def evaluation_batches(source, *, batch_size: int, shard_index: int = 0, shard_count: int = 1):
