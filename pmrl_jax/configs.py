@@ -58,6 +58,9 @@ def get_base_config() -> ConfigDict:
     config.loss.regularization_temperature = 0.1   # PMRL tau2
     config.loss.regularization_weight = 1.0        # PMRL weight of L_M'
     config.loss.similarity = "cosine"              # measure for the matching head's hard negatives
+    # The loss over a ring of devices (pmrl_jax.losses.blocked): no device holds the
+    # [B, B] score matrix, for global batches whose matrix does not fit.
+    config.loss.blocked = False
 
     # Optional first stage: train with another loss for this many steps, then with `loss`.
     config.warm_start = ConfigDict(dict(loss="", steps=0))

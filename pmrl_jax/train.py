@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from pmrl_jax import losses as L
+from pmrl_jax.losses import blocked as LB
 from pmrl_jax import sharding
 from pmrl_jax.models import MultimodalModel, matching_loss
 
@@ -71,21 +72,56 @@ def _triangle(z, temperature, cfg):
     return L.triangle_contrastive_loss(anchor, others, temperature=temperature, label_smoothing=cfg.label_smoothing)
 
 
+# The same losses over a ring of devices (pmrl_jax.losses.blocked): config.loss.blocked.
+
+
+def _clip_blocked(z, temperature, cfg):
+    return LB.blocked_anchored_infonce_loss(z, temperature=temperature, anchor=cfg.anchor)
+
+
+def _infonce_blocked(z, temperature, cfg):
+    return LB.blocked_infonce_loss(z[:, 0], z[:, 1], temperature=temperature, label_smoothing=cfg.label_smoothing)
+
+
+def _gram_blocked(z, temperature, cfg):
+    anchor, others = _split_anchor(z, cfg.anchor)
+    return LB.blocked_gram_contrastive_loss(anchor, others, temperature=temperature,
+                                            label_smoothing=cfg.label_smoothing)
+
+
+def _pmrl_blocked(z, temperature, cfg):
+    del temperature
+    return LB.blocked_pmrl_loss(z, alignment_temperature=cfg.alignment_temperature,
+                                regularization_temperature=cfg.regularization_temperature,
+                                regularization_weight=cfg.regularization_weight)
+
+
+def _symile_blocked(z, temperature, cfg):
+    return LB.blocked_symile_loss(z, temperature=temperature)
+
+
+def _triangle_blocked(z, temperature, cfg):
+    anchor, others = _split_anchor(z, cfg.anchor)
+    return LB.blocked_triangle_contrastive_loss(anchor, others, temperature=temperature,
+                                                label_smoothing=cfg.label_smoothing)
+
+
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
     fn: Callable
     min_modalities: int
     max_modalities: int | None = None
+    blocked: Callable | None = None
 
 
 LOSSES: dict[str, LossSpec] = {
-    "clip": LossSpec(_clip, 2),            # anchored InfoNCE (ImageBind / LanguageBind)
-    "infonce": LossSpec(_infonce, 2, 2),   # CLIP, two modalities
+    "clip": LossSpec(_clip, 2, blocked=_clip_blocked),  # anchored InfoNCE (ImageBind / LanguageBind)
+    "infonce": LossSpec(_infonce, 2, 2, blocked=_infonce_blocked),  # CLIP, two modalities
     "all_pairs": LossSpec(_all_pairs, 2),
-    "gram": LossSpec(_gram, 2),
-    "pmrl": LossSpec(_pmrl, 2),
-    "symile": LossSpec(_symile, 2),
-    "triangle": LossSpec(_triangle, 3, 3),
+    "gram": LossSpec(_gram, 2, blocked=_gram_blocked),
+    "pmrl": LossSpec(_pmrl, 2, blocked=_pmrl_blocked),
+    "symile": LossSpec(_symile, 2, blocked=_symile_blocked),
+    "triangle": LossSpec(_triangle, 3, 3, blocked=_triangle_blocked),
 }
 
 
@@ -237,7 +273,7 @@ class Trainer:
 
     def _make_step(self, loss_name: str):
         config, graphdef = self.config, self.graphdef
-        loss_spec = LOSSES[loss_name]
+        loss_fn = LOSSES[loss_name].blocked if config.loss.blocked else LOSSES[loss_name].fn
         anchor = config.loss.anchor
         matching_weight = config.model.matching.weight if config.model.matching.enabled else 0.0
         similarity = L.get_similarity(config.loss.similarity)
@@ -249,7 +285,7 @@ class Trainer:
 
             def objective(model):
                 z, tokens = model(batch, rngs=nnx.Rngs(dropout=dropout_key))
-                contrastive = loss_spec.fn(z, model.temperature(), config.loss)
+                contrastive = loss_fn(z, model.temperature(), config.loss)
                 metrics = {"contrastive_loss": contrastive}
                 total = contrastive
                 if matching_weight:
@@ -325,6 +361,10 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
     check_loss(config.loss.name, len(modalities))
     if config.warm_start.loss:
         check_loss(config.warm_start.loss, len(modalities), "config.warm_start.loss")
+    for field, name in (("config.loss.name", config.loss.name), ("config.warm_start.loss", config.warm_start.loss)):
+        if config.loss.blocked and name and LOSSES[name].blocked is None:
+            raise ValueError(f"config.loss.blocked=True, but {field}={name!r} has no blocked form; blocked: "
+                             f"{', '.join(n for n, spec in LOSSES.items() if spec.blocked)}")
     if not 0 <= config.loss.anchor < len(modalities):
         raise ValueError(f"config.loss.anchor={config.loss.anchor} is not an index into {len(modalities)} modalities")
     if config.loss.similarity not in L.similarity_names():

@@ -48,3 +48,13 @@ def test_eval_benchmark_runs():
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("500 ")]
     assert float(row[2]) < float(row[3]), result.stdout  # blocked memory below the unblocked program's
+
+
+def test_scaling_benchmark_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--batches", "256", "--dim", "32", "--losses", "gram"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("gram ")]
+    assert [int(row[2]) for row in rows] == [1, 2, 4, 8], result.stdout
