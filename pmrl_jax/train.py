@@ -11,9 +11,11 @@ so every negative on every device contributes to the gradient.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
+import types
 from collections.abc import Callable, Mapping
 
 import jax
@@ -39,71 +41,45 @@ def _split_anchor(z, anchor):
     return z[:, anchor], z[:, jnp.asarray(others)]
 
 
-def _clip(z, temperature, cfg):
-    return L.anchored_infonce_loss(z, temperature=temperature, anchor=cfg.anchor)
+# Each adapter takes the loss library `lib`: pmrl_jax.losses, or its blocked forms over
+# a ring of devices (pmrl_jax.losses.blocked, config.loss.blocked) under the same names.
+BLOCKED = types.SimpleNamespace(
+    anchored_infonce_loss=LB.blocked_anchored_infonce_loss, infonce_loss=LB.blocked_infonce_loss,
+    gram_contrastive_loss=LB.blocked_gram_contrastive_loss, pmrl_loss=LB.blocked_pmrl_loss,
+    symile_loss=LB.blocked_symile_loss, triangle_contrastive_loss=LB.blocked_triangle_contrastive_loss)
 
 
-def _infonce(z, temperature, cfg):
-    return L.infonce_loss(z[:, 0], z[:, 1], temperature=temperature, label_smoothing=cfg.label_smoothing)
+def _clip(z, temperature, cfg, lib=L):
+    return lib.anchored_infonce_loss(z, temperature=temperature, anchor=cfg.anchor)
 
 
-def _all_pairs(z, temperature, cfg):
-    return L.all_pairs_infonce_loss(z, temperature=temperature)
+def _infonce(z, temperature, cfg, lib=L):
+    return lib.infonce_loss(z[:, 0], z[:, 1], temperature=temperature, label_smoothing=cfg.label_smoothing)
 
 
-def _gram(z, temperature, cfg):
+def _all_pairs(z, temperature, cfg, lib=L):
+    return lib.all_pairs_infonce_loss(z, temperature=temperature)
+
+
+def _gram(z, temperature, cfg, lib=L):
     anchor, others = _split_anchor(z, cfg.anchor)
-    return L.gram_contrastive_loss(anchor, others, temperature=temperature, label_smoothing=cfg.label_smoothing)
+    return lib.gram_contrastive_loss(anchor, others, temperature=temperature, label_smoothing=cfg.label_smoothing)
 
 
-def _pmrl(z, temperature, cfg):
+def _pmrl(z, temperature, cfg, lib=L):
     del temperature  # PMRL's temperatures are fixed (MATH.md section 3)
-    return L.pmrl_loss(z, alignment_temperature=cfg.alignment_temperature,
-                       regularization_temperature=cfg.regularization_temperature,
-                       regularization_weight=cfg.regularization_weight)
+    return lib.pmrl_loss(z, alignment_temperature=cfg.alignment_temperature,
+                         regularization_temperature=cfg.regularization_temperature,
+                         regularization_weight=cfg.regularization_weight)
 
 
-def _symile(z, temperature, cfg):
-    return L.symile_loss(z, temperature=temperature)
+def _symile(z, temperature, cfg, lib=L):
+    return lib.symile_loss(z, temperature=temperature)
 
 
-def _triangle(z, temperature, cfg):
+def _triangle(z, temperature, cfg, lib=L):
     anchor, others = _split_anchor(z, cfg.anchor)
-    return L.triangle_contrastive_loss(anchor, others, temperature=temperature, label_smoothing=cfg.label_smoothing)
-
-
-# The same losses over a ring of devices (pmrl_jax.losses.blocked): config.loss.blocked.
-
-
-def _clip_blocked(z, temperature, cfg):
-    return LB.blocked_anchored_infonce_loss(z, temperature=temperature, anchor=cfg.anchor)
-
-
-def _infonce_blocked(z, temperature, cfg):
-    return LB.blocked_infonce_loss(z[:, 0], z[:, 1], temperature=temperature, label_smoothing=cfg.label_smoothing)
-
-
-def _gram_blocked(z, temperature, cfg):
-    anchor, others = _split_anchor(z, cfg.anchor)
-    return LB.blocked_gram_contrastive_loss(anchor, others, temperature=temperature,
-                                            label_smoothing=cfg.label_smoothing)
-
-
-def _pmrl_blocked(z, temperature, cfg):
-    del temperature
-    return LB.blocked_pmrl_loss(z, alignment_temperature=cfg.alignment_temperature,
-                                regularization_temperature=cfg.regularization_temperature,
-                                regularization_weight=cfg.regularization_weight)
-
-
-def _symile_blocked(z, temperature, cfg):
-    return LB.blocked_symile_loss(z, temperature=temperature)
-
-
-def _triangle_blocked(z, temperature, cfg):
-    anchor, others = _split_anchor(z, cfg.anchor)
-    return LB.blocked_triangle_contrastive_loss(anchor, others, temperature=temperature,
-                                                label_smoothing=cfg.label_smoothing)
+    return lib.triangle_contrastive_loss(anchor, others, temperature=temperature, label_smoothing=cfg.label_smoothing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,17 +87,20 @@ class LossSpec:
     fn: Callable
     min_modalities: int
     max_modalities: int | None = None
-    blocked: Callable | None = None
+    blockable: bool = True  # has a form in pmrl_jax.losses.blocked
+
+    def blocked(self) -> Callable:
+        return functools.partial(self.fn, lib=BLOCKED)
 
 
 LOSSES: dict[str, LossSpec] = {
-    "clip": LossSpec(_clip, 2, blocked=_clip_blocked),  # anchored InfoNCE (ImageBind / LanguageBind)
-    "infonce": LossSpec(_infonce, 2, 2, blocked=_infonce_blocked),  # CLIP, two modalities
-    "all_pairs": LossSpec(_all_pairs, 2),
-    "gram": LossSpec(_gram, 2, blocked=_gram_blocked),
-    "pmrl": LossSpec(_pmrl, 2, blocked=_pmrl_blocked),
-    "symile": LossSpec(_symile, 2, blocked=_symile_blocked),
-    "triangle": LossSpec(_triangle, 3, 3, blocked=_triangle_blocked),
+    "clip": LossSpec(_clip, 2),            # anchored InfoNCE (ImageBind / LanguageBind)
+    "infonce": LossSpec(_infonce, 2, 2),   # CLIP, two modalities
+    "all_pairs": LossSpec(_all_pairs, 2, blockable=False),
+    "gram": LossSpec(_gram, 2),
+    "pmrl": LossSpec(_pmrl, 2),
+    "symile": LossSpec(_symile, 2),
+    "triangle": LossSpec(_triangle, 3, 3),
 }
 
 
@@ -273,7 +252,7 @@ class Trainer:
 
     def _make_step(self, loss_name: str):
         config, graphdef = self.config, self.graphdef
-        loss_fn = LOSSES[loss_name].blocked if config.loss.blocked else LOSSES[loss_name].fn
+        loss_fn = LOSSES[loss_name].blocked() if config.loss.blocked else LOSSES[loss_name].fn
         anchor = config.loss.anchor
         matching_weight = config.model.matching.weight if config.model.matching.enabled else 0.0
         similarity = L.get_similarity(config.loss.similarity)
@@ -362,9 +341,9 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
     if config.warm_start.loss:
         check_loss(config.warm_start.loss, len(modalities), "config.warm_start.loss")
     for field, name in (("config.loss.name", config.loss.name), ("config.warm_start.loss", config.warm_start.loss)):
-        if config.loss.blocked and name and LOSSES[name].blocked is None:
+        if config.loss.blocked and name and not LOSSES[name].blockable:
             raise ValueError(f"config.loss.blocked=True, but {field}={name!r} has no blocked form; blocked: "
-                             f"{', '.join(n for n, spec in LOSSES.items() if spec.blocked)}")
+                             f"{', '.join(n for n, spec in LOSSES.items() if spec.blockable)}")
     if not 0 <= config.loss.anchor < len(modalities):
         raise ValueError(f"config.loss.anchor={config.loss.anchor} is not an index into {len(modalities)} modalities")
     if config.loss.similarity not in L.similarity_names():
