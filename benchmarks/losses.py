@@ -15,11 +15,21 @@ any such loss needs (the forward one and the two of its backward pass) with almo
 elementwise work: what is above it is the loss's own overhead.
 Targets (issue 2): GRAM at B = 1024, k = 3 within 3.5x of the matmul; PMRL at least 20x
 faster than the SVD formulation at B = 256, k = 3.
+
+"temp MiB" is the library program's temporary buffer (XLA's memory analysis) and "faults"
+the minor page faults per call. XLA:CPU allocates that buffer on every call; glibc serves
+allocations above 32 MiB (64 MiB heaps for threads other than the main one) with a fresh
+mmap, so every page of a larger buffer is faulted in, and zeroed by the kernel, on every
+call. To measure without that cost (all allocations from one reused heap):
+
+    GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184 \
+        python benchmarks/losses.py
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -84,6 +94,17 @@ def measure(functions, repeats):
     return {name: (min(t), statistics.median(t)) for name, t in samples.items()}
 
 
+def memory_profile(fn, args, calls=5):
+    """(temporary buffer MiB of the compiled program, minor page faults per call)."""
+    analysis = fn.lower(*args).compile().memory_analysis()
+    temp = analysis.temp_size_in_bytes / 2**20 if analysis is not None else float("nan")
+    jax.block_until_ready(fn(*args))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        jax.block_until_ready(fn(*args))
+    return temp, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
@@ -93,8 +114,9 @@ def main():
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s), d = {D}, "
           f"best and median of {args.repeats} interleaved runs")
     print(f"{'loss':5s} {'k':>2s} {'B':>5s} {'library ms':>11s} {'naive ms':>9s} {'matmul ms':>10s} {'floor ms':>9s} "
-          f"{'naive/lib':>10s} {'lib/matmul':>11s} {'floor/matmul':>13s}   (best of runs; median lib/matmul)")
-    results = {}
+          f"{'naive/lib':>10s} {'lib/matmul':>11s} {'floor/matmul':>13s} {'temp MiB':>9s} {'faults':>7s}   "
+          f"(best of runs; median lib/matmul)")
+    results, memory = {}, {}
     gram_sizes = [256] if args.quick else [256, 512, 1024]
     pmrl_sizes = [256] if args.quick else [256, 512]
     for method, sizes in (("gram", gram_sizes), ("pmrl", pmrl_sizes)):
@@ -120,12 +142,15 @@ def main():
                 timings.update(measure({"naive": (naive, (x,))}, 3 if slow else args.repeats))
                 if method == "pmrl":
                     timings.update(measure({"full_svd": (jax.jit(full_svd_forward), (x,))}, 5))
+                temp, faults = memory_profile(library, (x,))
                 results[(method, k, b)] = timings
+                memory[(method, k, b)] = temp, faults
                 best = {name: t[0] for name, t in timings.items()}
                 median_ratio = timings["library"][1] / timings["matmul"][1]
                 print(f"{method:5s} {k:2d} {b:5d} {1e3 * best['library']:11.2f} {1e3 * best['naive']:9.1f} "
                       f"{1e3 * best['matmul']:10.2f} {1e3 * best['floor']:9.2f} {best['naive'] / best['library']:9.1f}x "
-                      f"{best['library'] / best['matmul']:10.2f}x {best['floor'] / best['matmul']:12.2f}x   ({median_ratio:.2f}x)",
+                      f"{best['library'] / best['matmul']:10.2f}x {best['floor'] / best['matmul']:12.2f}x {temp:9.1f} {faults:7.0f}   "
+                      f"({median_ratio:.2f}x)",
                       flush=True)
                 if method == "pmrl":
                     print(f"{'':14s} full-SVD fwd {1e3 * best['full_svd']:9.1f} ms = "
@@ -137,6 +162,9 @@ def main():
         pmrl_speedup = pmrl["full_svd"] / pmrl["library"]
         print(f"target GRAM B=1024 k=3: library / matmul = {gram_ratio:.2f}x (target <= 3.5x; the three-matmul "
               f"floor alone is {gram['floor'] / gram['matmul']:.2f}x): {'met' if gram_ratio <= 3.5 else 'NOT met'}")
+        temp, faults = memory[("gram", 3, 1024)]
+        print(f"    its temporaries: {temp:.1f} MiB, {faults:.0f} minor page faults per call ({4 * faults / 1024:.1f} MiB "
+              f"mapped afresh per call; see the docstring for a run without that cost)")
         print(f"target PMRL B=256 k=3: full-SVD formulation (forward only) / library (forward+backward) = "
               f"{pmrl_speedup:.1f}x (target >= 20x): {'met' if pmrl_speedup >= 20 else 'NOT met'}; "
               f"against the thin SVD's forward+backward: {pmrl['naive'] / pmrl['library']:.1f}x")
