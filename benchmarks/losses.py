@@ -96,12 +96,13 @@ def measure(functions, repeats):
 
 def memory_profile(fn, args, calls=5):
     """(temporary buffer MiB of the compiled program, minor page faults per call)."""
-    analysis = fn.lower(*args).compile().memory_analysis()
+    compiled = fn.lower(*args).compile()
+    analysis = compiled.memory_analysis()
     temp = analysis.temp_size_in_bytes / 2**20 if analysis is not None else float("nan")
-    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(compiled(*args))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(calls):
-        jax.block_until_ready(fn(*args))
+        jax.block_until_ready(compiled(*args))
     return temp, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 

@@ -43,10 +43,8 @@ def _split_anchor(z, anchor):
 
 # Each adapter takes the loss library `lib`: pmrl_jax.losses, or its blocked forms over
 # a ring of devices (pmrl_jax.losses.blocked, config.loss.blocked) under the same names.
-BLOCKED = types.SimpleNamespace(
-    anchored_infonce_loss=LB.blocked_anchored_infonce_loss, infonce_loss=LB.blocked_infonce_loss,
-    gram_contrastive_loss=LB.blocked_gram_contrastive_loss, pmrl_loss=LB.blocked_pmrl_loss,
-    symile_loss=LB.blocked_symile_loss, triangle_contrastive_loss=LB.blocked_triangle_contrastive_loss)
+BLOCKED = types.SimpleNamespace(**{
+    name.removeprefix("blocked_"): getattr(LB, name) for name in dir(LB) if name.startswith("blocked_")})
 
 
 def _clip(z, temperature, cfg, lib=L):
