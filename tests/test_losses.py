@@ -107,6 +107,76 @@ def test_gram_loss_prefers_aligned_batches():
     assert float(loss(aligned)) < float(loss(x))
 
 
+@pytest.mark.parametrize("k", [2, 3, 4, 6])
+def test_gram_gradient_of_every_input_matches_naive(k):
+    """GRAM's hand-written gradient (anchor, each other modality, the temperature) against
+    autodiff of stacked determinants; k = 6 takes the eigen-decomposition adjugate."""
+    import naive
+
+    with jax.enable_x64(True):
+        x = random_batch(10 + k, 9, k, 7, np.float64)
+        args = (x[:, 0], x[:, 1:], 0.09)
+        loss = lambda a, o, t: L.gram_contrastive_loss(a, o, temperature=t, label_smoothing=0.2)  # noqa: E731
+        reference = lambda a, o, t: naive.gram_loss(a, o, t, 0.2)  # noqa: E731
+        value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
+        ref_value, ref_grads = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2)))(*args)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-10)
+        for grad, ref_grad in zip(grads, ref_grads, strict=True):
+            np.testing.assert_allclose(grad, ref_grad, rtol=1e-7, atol=1e-10)
+        if k == 3:  # forward mode by finite differences; second derivatives against naive's
+            check_grads(jax.jit(loss), (x[:5, 0], x[:5, 1:], 0.09), order=1, modes=["fwd", "rev"])
+            hessians = jax.jit(jax.hessian(loss, argnums=(0, 1, 2)))(*args)
+            ref_hessians = jax.jit(jax.hessian(reference, argnums=(0, 1, 2)))(*args)
+            for hessian, ref_hessian in zip(jax.tree.leaves(hessians), jax.tree.leaves(ref_hessians), strict=True):
+                np.testing.assert_allclose(hessian, ref_hessian, rtol=1e-7, atol=1e-10)
+
+
+def test_gram_temperature_gradient_is_accurate_in_float32():
+    """d loss / d tau = sum(P V) / tau^2 sums terms of both signs that cancel (P sums to 0);
+    float32 gives it to 5e-6 of float64 on a random (unaligned) batch, where it is smallest
+    (5e-8 measured; 3e-5 with V uncentred)."""
+    x = random_batch(5, 256, 3, 128)
+    grad = jax.jit(jax.grad(lambda x, t: L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=t), argnums=1))
+    single = grad(x, np.float32(0.07))
+    with jax.enable_x64(True):
+        double = grad(x.astype(np.float64), np.float64(0.07))
+    np.testing.assert_allclose(single, double, rtol=5e-6)
+
+
+def test_l2_normalize_keeping_output_matches_the_formula():
+    """`l2_normalize_keeping_output` (value and hand-written derivative) against autodiff of
+    `l2_normalize`, x * rsqrt(max(|x|^2, floor)), for ordinary rows, a zero row and a row
+    below the floor."""
+    def formula(x):
+        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), L.common.NORM_FLOOR))
+
+    with jax.enable_x64(True):
+        x = random_batch(7, 3, 1, 5, np.float64)[:, 0]
+        x[1] = 0.0
+        x[2] *= 1e-14
+        tangent = random_batch(8, 3, 1, 5, np.float64)[:, 0]
+        normalize = L.common.l2_normalize_keeping_output
+        np.testing.assert_allclose(normalize(x), formula(x), rtol=1e-15)
+        np.testing.assert_allclose(L.common.l2_normalize(x), formula(x), rtol=1e-15)
+        _, dot = jax.jvp(normalize, (x,), (tangent,))
+        _, expected_dot = jax.jvp(formula, (x,), (tangent,))
+        np.testing.assert_allclose(dot, expected_dot, rtol=1e-12)
+        (cotangent,) = jax.vjp(normalize, x)[1](tangent)
+        (expected_cotangent,) = jax.vjp(formula, x)[1](tangent)
+        np.testing.assert_allclose(cotangent, expected_cotangent, rtol=1e-12)
+
+
+def test_gram_step_temporaries_stay_under_the_allocator_mmap_threshold():
+    """GRAM's forward+backward at B = 1024, k = 3, d = 512 (the issue's benchmark size)
+    keeps its temporaries under 32 MiB: XLA:CPU allocates them on every call, and glibc
+    maps a larger buffer afresh each time (~15,000 page faults per call, a third of the
+    time; benchmarks/losses.py). Compiled only."""
+    x = jax.ShapeDtypeStruct((1024, 3, 512), jnp.float32)
+    step = jax.jit(jax.value_and_grad(lambda x: L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.07)))
+    analysis = step.lower(x).compile().memory_analysis()
+    assert analysis.temp_size_in_bytes < 32 * 2**20, analysis.temp_size_in_bytes / 2**20
+
+
 # ---- bad input -----------------------------------------------------------------------
 
 

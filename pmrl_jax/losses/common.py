@@ -82,6 +82,36 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(squared_norm, NORM_FLOOR))
 
 
+def l2_normalize_keeping_output(x: jax.Array, axis: int = -1) -> jax.Array:
+    """`l2_normalize` whose derivative, (dx - u <u, dx>) / |x| with u = x / |x|, is written
+    with u and 1 / |x|: a backward pass keeps those instead of x as well. For a slice of a
+    larger array XLA keeps x as a copy (6 MiB of the GRAM loss's temporaries at B = 1024,
+    k = 3, d = 512). Not the default: in the training step's towers it measured slower
+    (clip 61.6 against 66.4 steps/s, interleaved in one process).
+    """
+    return _l2_normalize_keeping_output(as_compute(x), axis)
+
+
+def _unit_and_inverse_norm(x, axis):
+    squared_norm = jnp.sum(x * x, axis=axis, keepdims=True)
+    inverse_norm = jax.lax.rsqrt(jnp.maximum(squared_norm, NORM_FLOOR))
+    return x * inverse_norm, inverse_norm, squared_norm >= NORM_FLOOR
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _l2_normalize_keeping_output(x, axis):
+    return _unit_and_inverse_norm(x, axis)[0]
+
+
+@_l2_normalize_keeping_output.defjvp
+def _l2_normalize_keeping_output_jvp(axis, primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    unit, inverse_norm, above_floor = _unit_and_inverse_norm(x, axis)
+    # Below the floor the norm is the constant sqrt(NORM_FLOOR): no radial term.
+    radial = jnp.where(above_floor, jnp.sum(unit * x_dot, axis=axis, keepdims=True), 0.0)
+    return unit, (x_dot - unit * radial) * inverse_norm
+
+
 @jax.custom_jvp
 def safe_sqrt(x: jax.Array, floor: jax.Array) -> jax.Array:
     """sqrt(max(x, 0)) whose derivative is taken at max(x, floor).
@@ -139,13 +169,12 @@ def _symmetric_cross_entropy(logits, label_smoothing):
         raise ValueError(f"symmetric cross-entropy needs square [B, B] logits; got shape {logits.shape}")
     row_lse = jax.nn.logsumexp(logits, axis=1)
     column_lse = jax.nn.logsumexp(logits, axis=0)
-    positives = jnp.diagonal(logits)
-    rows = row_lse - positives
-    columns = column_lse - positives
+    # Means over rows of (1 - eps)(lse_i - l_ii) + eps (lse_i - mean_j l_ij), and the same
+    # over columns: the smoothing terms average to the mean of all logits (one reduction).
+    loss = 0.5 * (jnp.mean(row_lse) + jnp.mean(column_lse)) - (1.0 - label_smoothing) * jnp.mean(jnp.diagonal(logits))
     if label_smoothing:
-        rows = (1.0 - label_smoothing) * rows + label_smoothing * (row_lse - jnp.mean(logits, axis=1))
-        columns = (1.0 - label_smoothing) * columns + label_smoothing * (column_lse - jnp.mean(logits, axis=0))
-    return 0.5 * (jnp.mean(rows) + jnp.mean(columns)), row_lse, column_lse
+        loss = loss - label_smoothing * jnp.mean(logits)
+    return loss, row_lse, column_lse
 
 
 def symmetric_cross_entropy_and_gradient(logits, label_smoothing):

@@ -219,8 +219,7 @@ def volume_linearization(primals, tangents):
     ops so that its transpose (the backward pass) is one broadcast multiply per input
     instead of (k-1)^2 slice-and-pad updates:
         d det = d detM - sum_a w_a dc_a - sum_ab c_a c_b d adj_ab,
-        w_a = sum_b (adj_ab + adj_ba) c_b.
-    Shared with the fused GRAM loss."""
+        w_a = sum_b (adj_ab + adj_ba) c_b."""
     cosines, candidate_det, adjugate = primals
     cosines_dot, candidate_det_dot, adjugate_dot = tangents
     n = cosines.shape[1]
