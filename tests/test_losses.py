@@ -143,27 +143,93 @@ def test_gram_temperature_gradient_is_accurate_in_float32():
     np.testing.assert_allclose(single, double, rtol=5e-6)
 
 
-def test_l2_normalize_keeping_output_matches_the_formula():
-    """`l2_normalize_keeping_output` (value and hand-written derivative) against autodiff of
-    `l2_normalize`, x * rsqrt(max(|x|^2, floor)), for ordinary rows, a zero row and a row
-    below the floor."""
-    def formula(x):
-        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), L.common.NORM_FLOOR))
+@pytest.mark.parametrize("temperature", [0.07, 1.0 / (2.0 * L.common.FIXED_SHIFT_LIMIT)])
+def test_fixed_shift_cross_entropy_matches_the_max_shifted_one(temperature):
+    """`scaled_symmetric_cross_entropy_and_gradient` (one exp per logit, shifted by the
+    middle of the logits' range) against float64 autodiff of `symmetric_cross_entropy`
+    (per-row and per-column maxima), for GRAM-like logits -V / tau with V in [0, 1], at the
+    smallest temperature it serves: there a row of volumes 1 and a column of volumes 0
+    would underflow and overflow float32 exps without the shift."""
+    volumes = np.random.default_rng(3).uniform(size=(48, 48))
+    volumes[5, :] = 1.0
+    volumes[:, 7] = 0.0
+    scale, shift = -1.0 / temperature, -0.5 / temperature
+
+    def reference(v):
+        return L.common.symmetric_cross_entropy(scale * v, 0.1)
 
     with jax.enable_x64(True):
-        x = random_batch(7, 3, 1, 5, np.float64)[:, 0]
-        x[1] = 0.0
-        x[2] *= 1e-14
-        tangent = random_batch(8, 3, 1, 5, np.float64)[:, 0]
-        normalize = L.common.l2_normalize_keeping_output
-        np.testing.assert_allclose(normalize(x), formula(x), rtol=1e-15)
-        np.testing.assert_allclose(L.common.l2_normalize(x), formula(x), rtol=1e-15)
-        _, dot = jax.jvp(normalize, (x,), (tangent,))
-        _, expected_dot = jax.jvp(formula, (x,), (tangent,))
-        np.testing.assert_allclose(dot, expected_dot, rtol=1e-12)
-        (cotangent,) = jax.vjp(normalize, x)[1](tangent)
-        (expected_cotangent,) = jax.vjp(formula, x)[1](tangent)
-        np.testing.assert_allclose(cotangent, expected_cotangent, rtol=1e-12)
+        ref_value, ref_grad = jax.value_and_grad(reference)(volumes)
+        value, grad = L.common.scaled_symmetric_cross_entropy_and_gradient(volumes, scale, shift, 0.1)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-13)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-11, atol=1e-15)
+    volumes32 = volumes.astype(np.float32)
+    value, grad = jax.jit(L.common.scaled_symmetric_cross_entropy_and_gradient, static_argnums=3)(
+        volumes32, np.float32(scale), np.float32(shift), 0.1
+    )
+    np.testing.assert_allclose(value, ref_value, rtol=2e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-4, atol=1e-6 * np.abs(ref_grad).max())
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_gram_below_the_fixed_shift_temperature_takes_the_max_shifted_path(traced):
+    """At tau = 0.004 the logits span [-250, 0], too wide for one shared shift (its exps
+    would overflow float32); the loss must switch to per-row and per-column maxima, for a
+    constant and for a traced (learned) temperature, and match float64."""
+    import naive
+
+    x = random_batch(4, 32, 3, 16)
+    # A nearly aligned instance: volume ~0.03, the largest logit (one shift would overflow).
+    x[3, 1:] = x[3, 0] + 0.02 * x[3, 1:]
+    temperature = 0.004
+    assert 0.5 / temperature > L.common.FIXED_SHIFT_LIMIT
+    if traced:
+        step = jax.jit(jax.value_and_grad(lambda x, t: L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=t)))
+        value, grad = step(x, np.float32(temperature))
+    else:
+        step = jax.jit(jax.value_and_grad(lambda x: L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=temperature)))
+        value, grad = step(x)
+    with jax.enable_x64(True):
+        ref_value, ref_grad = jax.value_and_grad(lambda x: naive.gram_loss(x[:, 0], x[:, 1:], temperature))(
+            x.astype(np.float64)
+        )
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=1e-4 * np.abs(ref_grad).max())
+
+
+def test_gram_gradient_through_the_normalisation_and_its_floor():
+    """GRAM writes the derivative of its L2 normalisation itself (the modalities' radial
+    parts from quantities it already has). Against autodiff of `l2_normalize` followed by
+    the naive volumes, with inputs of very different norms and two rows of other modalities
+    below NORM_FLOOR (normalised by the constant sqrt(NORM_FLOOR), so not unit: their
+    gradient has no radial projection). An anchor row below the floor is not covered: the
+    volumes take the anchor's own Gram entry as 1 (`volume_matrix`)."""
+    import naive
+
+    def reference(anchor, others, temperature):
+        unit_anchor, unit_others = L.common.l2_normalize(anchor), L.common.l2_normalize(others)
+        b1, b2 = unit_anchor.shape[0], unit_others.shape[0]
+        rows = jnp.concatenate(
+            [jnp.broadcast_to(unit_anchor[:, None, None], (b1, b2, 1, anchor.shape[-1])),
+             jnp.broadcast_to(unit_others[None], (b1,) + unit_others.shape)],
+            axis=2,
+        )
+        return naive.symmetric_ce(-naive.volume(rows) / temperature, 0.1)
+
+    with jax.enable_x64(True):
+        x = random_batch(12, 8, 3, 7, np.float64) * np.geomspace(1e-3, 1e3, 8)[:, None, None]
+        x[2, 1] *= 1e-14 / np.linalg.norm(x[2, 1])  # |x|^2 = 1e-28 < NORM_FLOOR
+        x[5, 2] *= 3e-13 / np.linalg.norm(x[5, 2])
+        args = (x[:, 0], x[:, 1:], 0.1)
+        loss = lambda a, o, t: L.gram_contrastive_loss(a, o, temperature=t)  # noqa: E731
+        value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
+        ref_value, ref_grads = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2)))(*args)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+        for grad, ref_grad in zip(grads, ref_grads, strict=True):
+            np.testing.assert_allclose(grad, ref_grad, rtol=1e-8, atol=1e-12 * np.abs(ref_grad).max())
+        # the rows below the floor do receive a (large, finite) gradient
+        assert np.all(np.abs(grads[1][2, 0]) > 0) and np.all(np.abs(grads[1][5, 1]) > 0)
 
 
 def test_gram_step_temporaries_stay_under_the_allocator_mmap_threshold():

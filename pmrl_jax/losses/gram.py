@@ -53,8 +53,8 @@ def gram_contrastive_loss(
         )
     common.check_temperature(temperature)
     common.check_label_smoothing(label_smoothing)
-    anchor = common.l2_normalize_keeping_output(anchor)
-    modalities = tuple(common.l2_normalize_keeping_output(others[:, m]) for m in range(others.shape[1]))
+    anchor, others = common.as_compute(anchor), common.as_compute(others)
+    modalities = tuple(others[:, m] for m in range(others.shape[1]))
     return _volume_infonce(anchor, modalities, jnp.asarray(temperature, anchor.dtype), label_smoothing)
 
 
@@ -85,8 +85,11 @@ def _pair_determinant(cosines, candidate_det, adjugate):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _volume_infonce(anchor, modalities, temperature, label_smoothing):
-    """symmetric_cross_entropy(-V / tau) from unit anchors `[B1, d]` and a tuple of n unit
-    modality arrays `[B2, d]`."""
+    """symmetric_cross_entropy(-V / tau) from anchors `[B1, d]` and a tuple of n modality
+    arrays `[B2, d]`, L2-normalised here (so that the jvp rule writes the normalisation's
+    derivative too)."""
+    anchor = common.l2_normalize(anchor)
+    modalities = tuple(common.l2_normalize(m) for m in modalities)
     candidate_det, adjugate = _determinant_and_adjugate(_candidate_gram(modalities))
     cosines = [anchor @ modality.T for modality in modalities]
     volume = jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate), 0.0))
@@ -97,7 +100,16 @@ def _volume_infonce(anchor, modalities, temperature, label_smoothing):
 def _volume_infonce_jvp(label_smoothing, primals, tangents):
     # The whole gradient is formed with the primal (it is what a backward pass needs: the
     # transpose of <gradient, tangent> is a scaling), so forward and reverse mode share it.
-    loss, gradients = _loss_and_gradients(*primals, label_smoothing)
+    # The logits -V / tau lie in [-1/tau, 0], so when 1/(2 tau) <= FIXED_SHIFT_LIMIT their
+    # softmaxes can all be shifted by the middle, -1/(2 tau) (XLA drops the test for a
+    # constant temperature; a learned one is clipped well above 1/120 by default).
+    temperature = primals[2]
+    loss, gradients = jax.lax.cond(
+        0.5 / temperature <= common.FIXED_SHIFT_LIMIT,
+        functools.partial(_loss_and_gradients, label_smoothing=label_smoothing, fixed_shift=True),
+        functools.partial(_loss_and_gradients, label_smoothing=label_smoothing, fixed_shift=False),
+        *primals,
+    )
     tangent = sum(
         jnp.sum(gradient * direction)
         for gradient, direction in zip(jax.tree.leaves(gradients), jax.tree.leaves(tangents), strict=True)
@@ -105,7 +117,7 @@ def _volume_infonce_jvp(label_smoothing, primals, tangents):
     return loss, tangent
 
 
-def _loss_and_gradients(anchor, modalities, temperature, label_smoothing):
+def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fixed_shift):
     """The loss and its gradient with respect to each input of `_volume_infonce`, in the
     three products [B1, d] x [d, B2] per modality that any such loss needs (forward, and
     two in the backward pass) and a few fused sweeps over [B1, B2].
@@ -120,19 +132,34 @@ def _loss_and_gradients(anchor, modalities, temperature, label_smoothing):
         d loss / d tau     = sum P V / tau^2
     (d / d adj because c_b,ij = <anchor_i, m_b,j>: the reduction over i is the product p_a
     already formed, not another sweep over [B1, B2]); det M and adj M reach the m_a through
-    autodiff of their closed forms.
+    autodiff of their closed forms. The inputs are L2-normalised here, and the gradients
+    carried back through x -> x / |x|.
+
+    With `fixed_shift` (valid when 1/(2 tau) <= common.FIXED_SHIFT_LIMIT) the softmaxes of
+    both directions come from one exp per logit (`scaled_symmetric_cross_entropy_and_gradient`).
     """
     n = len(modalities)
-    (candidate_det, adjugate), candidate_vjp = jax.vjp(_determinant_and_adjugate, _candidate_gram(modalities))
+    anchor, anchor_inverse_norm, anchor_above_floor = common.unit_and_inverse_norm(anchor)
+    modalities, inverse_norms, above_floor = zip(*(common.unit_and_inverse_norm(m) for m in modalities))
+    candidate_gram = _candidate_gram(modalities)
+    (candidate_det, adjugate), candidate_vjp = jax.vjp(_determinant_and_adjugate, candidate_gram)
     cosines = [anchor @ modality.T for modality in modalities]
-    logits = -jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate), 0.0)) / temperature
-    loss, logits_grad = common.symmetric_cross_entropy_and_gradient(logits, label_smoothing)
-    # V again from the logits, so that the [B1, B2] volumes are not kept beside them.
-    volume = -temperature * logits
+    volume = jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate), 0.0))
+    if fixed_shift:
+        loss, volume_grad = common.scaled_symmetric_cross_entropy_and_gradient(
+            volume, -1.0 / temperature, -0.5 / temperature, label_smoothing
+        )
+    else:
+        logits = -volume / temperature
+        loss, logits_grad = common.symmetric_cross_entropy_and_gradient(logits, label_smoothing)
+        # V again from the logits, so that the [B1, B2] volumes are not kept beside them.
+        volume = -temperature * logits
+        volume_grad = -logits_grad / temperature
     # safe_sqrt's derivative: dV / d det = 1 / (2 sqrt(max(det, floor))), finite at alignment.
     root = jnp.maximum(volume, math.sqrt(common.SQRT_FLOOR))
-    # Materialised once: otherwise XLA:CPU recomputes the softmaxes' exps in each consumer.
-    det_grad = jax.lax.optimization_barrier(-logits_grad / (2.0 * temperature * root))
+    # Materialised once: otherwise XLA:CPU recomputes it (and in the max-shifted path the
+    # softmaxes' exps) in each consumer.
+    det_grad = jax.lax.optimization_barrier(volume_grad / (2.0 * root))
     # sum P V / tau^2 with V centred on its diagonal mean (P sums to 0, so the shift changes
     # nothing but float32 cancellation), written with det_grad so P is not formed again.
     centre = jnp.mean(jnp.diagonal(volume))
@@ -144,16 +171,31 @@ def _loss_and_gradients(anchor, modalities, temperature, label_smoothing):
     # w^T anchor from a materialised w^T: XLA:CPU gives a product contracting both
     # operands' first axis to Eigen, ~25% slower than YNNPACK's standard product.
     projected = [jax.lax.optimization_barrier(w.T) @ anchor for w in weighted]
+    # <p_a,j, m_b,j> = sum_i g_ij c_a,ij c_b,ij is symmetric in a, b: n (n + 1) / 2 dots.
+    dots = {(a, b): jnp.sum(projected[a] * modalities[b], axis=-1) for a in range(n) for b in range(a, n)}
     adjugate_grad = -jnp.stack(
-        [jnp.stack([jnp.sum(projected[a] * modalities[b], axis=-1) for b in range(n)], -1) for a in range(n)], -2
+        [jnp.stack([dots[min(a, b), max(a, b)] for b in range(n)], -1) for a in range(n)], -2
     )
     candidate_det_grad = jnp.sum(det_grad, axis=0)
     # Through M_ab = <m_a, m_b>: d loss / d m_a += sum_b (dM_ab + dM_ba) m_b, with dM
     # materialised per candidate (the same reason as in `_determinant_and_adjugate`).
     (gram_grad,) = candidate_vjp((candidate_det_grad, adjugate_grad))
     gram_grad = jax.lax.optimization_barrier(gram_grad + jnp.swapaxes(gram_grad, -1, -2))
+    # Through m_a = x_a / |x_a|: d loss / d x_a = (g_a - m_a <m_a, g_a>) / |x_a| for the
+    # gradient g_a = sum_b dM_ab m_b - S_ab p_b with respect to m_a, whose radial part
+    # <m_a, g_a> = sum_b dM_ab M_ab + S_ab dadj_ab comes from [B2, n, n] quantities already
+    # formed (<m_a, p_b> = -dadj_ab, dadj being symmetric), not from another sweep over [B2, d].
+    radial = jnp.sum(gram_grad * candidate_gram + symmetric * adjugate_grad, axis=-1)
+    radial = jnp.where(jnp.concatenate(above_floor, axis=-1), radial, 0.0)
     modality_grads = tuple(
-        sum(gram_grad[:, a, b, None] * modalities[b] - symmetric[:, a, b, None] * projected[b] for b in range(n))
+        inverse_norms[a]
+        * sum(
+            (gram_grad[:, a, b, None] - (radial[:, a, None] if a == b else 0.0)) * modalities[b]
+            - symmetric[:, a, b, None] * projected[b]
+            for b in range(n)
+        )
         for a in range(n)
     )
+    anchor_radial = jnp.where(anchor_above_floor, jnp.sum(anchor * anchor_grad, axis=-1, keepdims=True), 0.0)
+    anchor_grad = (anchor_grad - anchor * anchor_radial) * anchor_inverse_norm
     return loss, (anchor_grad, modality_grads, temperature_grad)
