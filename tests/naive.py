@@ -17,7 +17,11 @@ def volume(rows):
 
 
 def volume_matrix(anchor, others):
-    anchor, others = normalize(anchor), normalize(others)
+    return volume_matrix_of_rows(normalize(anchor), normalize(others))
+
+
+def volume_matrix_of_rows(anchor, others):
+    """Volumes of (anchor_i, others_j...) as given, without normalising."""
     b1, b2 = anchor.shape[0], others.shape[0]
     rows = jnp.concatenate(
         [

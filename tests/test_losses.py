@@ -147,9 +147,10 @@ def test_gram_temperature_gradient_is_accurate_in_float32():
 def test_fixed_shift_cross_entropy_matches_the_max_shifted_one(temperature):
     """`scaled_symmetric_cross_entropy_and_gradient` (one exp per logit, shifted by the
     middle of the logits' range) against float64 autodiff of `symmetric_cross_entropy`
-    (per-row and per-column maxima), for GRAM-like logits -V / tau with V in [0, 1], at the
-    smallest temperature it serves: there a row of volumes 1 and a column of volumes 0
-    would underflow and overflow float32 exps without the shift."""
+    (per-row and per-column maxima), for GRAM-like logits -V / tau with V in [0, 1], also at
+    the smallest temperature it serves, where a row of volumes 1 (logits -120) would
+    underflow float32 exps with no shift, and a column of volumes 0 overflow them with a
+    shift at the range's low end."""
     volumes = np.random.default_rng(3).uniform(size=(48, 48))
     volumes[5, :] = 1.0
     volumes[:, 7] = 0.0
@@ -208,14 +209,8 @@ def test_gram_gradient_through_the_normalisation_and_its_floor():
     import naive
 
     def reference(anchor, others, temperature):
-        unit_anchor, unit_others = L.common.l2_normalize(anchor), L.common.l2_normalize(others)
-        b1, b2 = unit_anchor.shape[0], unit_others.shape[0]
-        rows = jnp.concatenate(
-            [jnp.broadcast_to(unit_anchor[:, None, None], (b1, b2, 1, anchor.shape[-1])),
-             jnp.broadcast_to(unit_others[None], (b1,) + unit_others.shape)],
-            axis=2,
-        )
-        return naive.symmetric_ce(-naive.volume(rows) / temperature, 0.1)
+        volumes = naive.volume_matrix_of_rows(L.common.l2_normalize(anchor), L.common.l2_normalize(others))
+        return naive.symmetric_ce(-volumes / temperature, 0.1)
 
     with jax.enable_x64(True):
         x = random_batch(12, 8, 3, 7, np.float64) * np.geomspace(1e-3, 1e3, 8)[:, None, None]

@@ -77,9 +77,7 @@ def check_label_smoothing(label_smoothing: float) -> None:
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     """x / |x| along `axis`, in the compute dtype; a zero vector stays zero (finite gradient)."""
-    x = as_compute(x)
-    squared_norm = jnp.sum(x * x, axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(squared_norm, NORM_FLOOR))
+    return unit_and_inverse_norm(as_compute(x), axis)[0]
 
 
 def unit_and_inverse_norm(x: jax.Array, axis: int = -1):
