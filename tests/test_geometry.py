@@ -160,6 +160,36 @@ def test_volume_matrix_diagonal_is_gram_volume_of_normalised_rows():
     np.testing.assert_allclose(jnp.diagonal(L.volume_matrix(x[:, 0], x[:, 1:])), L.gram_volume(x), atol=2e-6)
 
 
+def test_volume_matrix_rows_below_the_normalisation_floor():
+    """Rows with |x|^2 < NORM_FLOOR are divided by sqrt(NORM_FLOOR), not made unit; the
+    volumes are still those of the rows `l2_normalize` returns, for an anchor too (its own
+    Gram entry is |u|^2 < 1, not 1): values, and gradients against autodiff of the naive
+    volumes. A zero anchor row has volume 0 with every candidate."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(7)
+        anchor, others = rng.normal(size=(6, 9)), rng.normal(size=(5, 2, 9))
+        anchor[1] *= 5e-13 / np.linalg.norm(anchor[1])  # |u|^2 = 0.25
+        others[3, 1] *= 3e-13 / np.linalg.norm(others[3, 1])
+        weights = rng.normal(size=(6, 5))
+
+        def reference(a, o):
+            return naive.volume_matrix_of_rows(L.common.l2_normalize(a), L.common.l2_normalize(o))
+
+        volumes = L.volume_matrix(anchor, others)
+        np.testing.assert_allclose(volumes, reference(anchor, others), rtol=1e-12, atol=1e-14)
+        # u_1 is half a unit vector, so each of its volumes is half that of the unit row
+        unit = anchor.copy()
+        unit[1] /= np.linalg.norm(unit[1])
+        np.testing.assert_allclose(volumes[1], 0.5 * L.volume_matrix(unit, others)[1], rtol=1e-12)
+        grads = jax.grad(lambda a, o: jnp.sum(weights * L.volume_matrix(a, o)), argnums=(0, 1))(anchor, others)
+        expected = jax.grad(lambda a, o: jnp.sum(weights * reference(a, o)), argnums=(0, 1))(anchor, others)
+        for g, e in zip(grads, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-8, atol=1e-10 * np.abs(e).max())
+        assert np.all(np.abs(grads[0][1]) > 0)
+        anchor[2] = 0.0
+        assert np.all(L.volume_matrix(anchor, others)[2] == 0.0)
+
+
 def test_volume_matrix_shape_errors():
     with pytest.raises(ValueError, match="anchor"):
         L.volume_matrix(jnp.zeros((4, 2, 8)), jnp.zeros((4, 2, 8)))

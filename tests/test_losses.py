@@ -202,10 +202,10 @@ def test_gram_below_the_fixed_shift_temperature_takes_the_max_shifted_path(trace
 def test_gram_gradient_through_the_normalisation_and_its_floor():
     """GRAM writes the derivative of its L2 normalisation itself (the modalities' radial
     parts from quantities it already has). Against autodiff of `l2_normalize` followed by
-    the naive volumes, with inputs of very different norms and two rows of other modalities
-    below NORM_FLOOR (normalised by the constant sqrt(NORM_FLOOR), so not unit: their
-    gradient has no radial projection). An anchor row below the floor is not covered: the
-    volumes take the anchor's own Gram entry as 1 (`volume_matrix`)."""
+    the naive volumes, with inputs of very different norms, two rows of other modalities
+    and one anchor row below NORM_FLOOR (normalised by the constant sqrt(NORM_FLOOR), so
+    not unit: their gradient has no radial projection, and the anchor's own Gram entry is
+    |x|^2 / NORM_FLOOR, not 1)."""
     import naive
 
     def reference(anchor, others, temperature):
@@ -216,6 +216,7 @@ def test_gram_gradient_through_the_normalisation_and_its_floor():
         x = random_batch(12, 8, 3, 7, np.float64) * np.geomspace(1e-3, 1e3, 8)[:, None, None]
         x[2, 1] *= 1e-14 / np.linalg.norm(x[2, 1])  # |x|^2 = 1e-28 < NORM_FLOOR
         x[5, 2] *= 3e-13 / np.linalg.norm(x[5, 2])
+        x[6, 0] *= 5e-13 / np.linalg.norm(x[6, 0])  # an anchor: |u|^2 = 0.25
         args = (x[:, 0], x[:, 1:], 0.1)
         loss = lambda a, o, t: L.gram_contrastive_loss(a, o, temperature=t)  # noqa: E731
         value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
@@ -225,6 +226,7 @@ def test_gram_gradient_through_the_normalisation_and_its_floor():
             np.testing.assert_allclose(grad, ref_grad, rtol=1e-8, atol=1e-12 * np.abs(ref_grad).max())
         # the rows below the floor do receive a (large, finite) gradient
         assert np.all(np.abs(grads[1][2, 0]) > 0) and np.all(np.abs(grads[1][5, 1]) > 0)
+        assert np.all(np.abs(grads[0][6]) > 0)
 
 
 def test_gram_step_temporaries_stay_under_the_allocator_mmap_threshold():

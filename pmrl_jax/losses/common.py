@@ -81,13 +81,16 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def unit_and_inverse_norm(x: jax.Array, axis: int = -1):
-    """(x / |x|, 1 / |x|, |x|^2 >= NORM_FLOOR) along `axis` (kept), with `l2_normalize`'s
-    floor, for losses that write the normalisation's derivative themselves:
-    d (x / |x|) = (dx - u <u, dx>) / |x|, without the radial term below the floor (where
-    the norm is the constant sqrt(NORM_FLOOR))."""
+    """(u = x / |x|, 1 / |x|, |x|^2 >= NORM_FLOOR, |u|^2) along `axis` (kept), with
+    `l2_normalize`'s floor, for losses that write the normalisation's derivative
+    themselves: d (x / |x|) = (dx - u <u, dx>) / |x|, without the radial term below the
+    floor, where x is divided by the constant sqrt(NORM_FLOOR) and so |u|^2 =
+    |x|^2 / NORM_FLOOR < 1 (exactly 1 above it)."""
     squared_norm = jnp.sum(x * x, axis=axis, keepdims=True)
     inverse_norm = jax.lax.rsqrt(jnp.maximum(squared_norm, NORM_FLOOR))
-    return x * inverse_norm, inverse_norm, squared_norm >= NORM_FLOOR
+    above_floor = squared_norm >= NORM_FLOOR
+    unit_squared_norm = jnp.where(above_floor, 1.0, squared_norm / NORM_FLOOR).astype(x.dtype)
+    return x * inverse_norm, inverse_norm, above_floor, unit_squared_norm
 
 
 @jax.custom_jvp

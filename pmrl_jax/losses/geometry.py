@@ -171,9 +171,10 @@ def volume_matrix(anchor: jax.Array, others: jax.Array) -> jax.Array:
     Returns:
       `[B1, B2]` volumes in [0, 1]; lower means better aligned.
 
-    With G_ij = [[1, c^T], [c, M_j]] (c = the anchor's cosines to candidate j's rows,
-    M_j = the candidate's own Gram matrix), the Schur/adjugate identity
-        det G_ij = det M_j - c_ij^T adj(M_j) c_ij
+    With G_ij = [[s_i, c^T], [c, M_j]] (c = the anchor's cosines to candidate j's rows,
+    M_j = the candidate's own Gram matrix, s_i = |a_i|^2 of the normalised anchor: 1, or
+    less for a row below `l2_normalize`'s floor), the Schur/adjugate identity
+        det G_ij = s_i det M_j - c_ij^T adj(M_j) c_ij
     needs one matmul [B1, d] x [d, (k-1) B2] for all c, one small adjugate per
     candidate, and O(B1 B2 (k-1)^2) elementwise work. No [B1, B2, k, k] tensor and no
     per-pair determinant (the official code stacks both, memory O(B^2 k^2)); for k = 3
@@ -182,56 +183,59 @@ def volume_matrix(anchor: jax.Array, others: jax.Array) -> jax.Array:
     return _volume_from_cosines(*volume_matrix_terms(anchor, others))
 
 
-def volume_matrix_terms(anchor: jax.Array, others: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The three inputs of GRAM's volume matrix after L2 normalisation: cosines
-    `[B1, k-1, B2]` (c_ij, modality-major), det M_j `[B2]` and adj M_j `[B2, k-1, k-1]`."""
+def volume_matrix_terms(anchor: jax.Array, others: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The four inputs of GRAM's volume matrix after L2 normalisation: cosines
+    `[B1, k-1, B2]` (c_ij, modality-major), det M_j `[B2]`, adj M_j `[B2, k-1, k-1]` and
+    the anchors' own Gram entries s_i = |a_i|^2 `[B1]`."""
     common.check_rank(anchor, "anchor", 2, "[batch, d]")
     common.check_rank(others, "others", 3, "[batch, k - 1, d]")
     common.check_same_width(anchor, others, "`anchor` and `others`")
-    anchor = common.l2_normalize(anchor)
+    anchor, _, _, anchor_gram = common.unit_and_inverse_norm(common.as_compute(anchor))
     others = common.l2_normalize(others)
     n_others, width = others.shape[1], others.shape[2]
     # One matmul [B1, d] x [d, (k-1) B2]; modality-major so each cosines[:, m] is contiguous.
     by_modality = jnp.swapaxes(others, 0, 1).reshape(-1, width)
     cosines = (anchor @ by_modality.T).reshape(anchor.shape[0], n_others, others.shape[0])
     candidate_gram = gram_matrix(others)  # [B2, k-1, k-1]
-    return cosines, symmetric_determinant(candidate_gram), symmetric_adjugate(candidate_gram)
+    return cosines, symmetric_determinant(candidate_gram), symmetric_adjugate(candidate_gram), anchor_gram[:, 0]
 
 
-def _pair_determinant(cosines, candidate_det, adjugate):
+def _quadratic_form(cosines, adjugate):
     # c^T adj(M_j) c unrolled over the (k-1)^2 entries: elementwise work that fuses into
     # one pass over [B1, B2] (an einsum lowers to B2 tiny batched matmuls).
     n = cosines.shape[1]
-    quadratic_form = sum(
-        adjugate[None, :, a, b] * cosines[:, a] * cosines[:, b] for a in range(n) for b in range(n)
-    )
-    return candidate_det[None, :] - quadratic_form
+    return sum(adjugate[None, :, a, b] * cosines[:, a] * cosines[:, b] for a in range(n) for b in range(n))
+
+
+def _pair_determinant(cosines, candidate_det, adjugate, anchor_gram):
+    return anchor_gram[:, None] * candidate_det[None, :] - _quadratic_form(cosines, adjugate)
 
 
 @jax.custom_jvp
-def _volume_from_cosines(cosines: jax.Array, candidate_det: jax.Array, adjugate: jax.Array) -> jax.Array:
-    """sqrt(det M_j - c_ij^T adj(M_j) c_ij) `[B1, B2]`, with `safe_sqrt`'s derivative."""
-    return jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate), 0.0))
+def _volume_from_cosines(cosines, candidate_det, adjugate, anchor_gram) -> jax.Array:
+    """sqrt(s_i det M_j - c_ij^T adj(M_j) c_ij) `[B1, B2]`, with `safe_sqrt`'s derivative."""
+    return jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate, anchor_gram), 0.0))
 
 
 def volume_linearization(primals, tangents):
     """(V, dV / d det, d det) of `_volume_from_cosines`, with d det written in whole-array
     ops so that its transpose (the backward pass) is one broadcast multiply per input
     instead of (k-1)^2 slice-and-pad updates:
-        d det = d detM - sum_a w_a dc_a - sum_ab c_a c_b d adj_ab,
+        d det = s d detM + detM ds - sum_a w_a dc_a - sum_ab c_a c_b d adj_ab,
         w_a = sum_b (adj_ab + adj_ba) c_b."""
-    cosines, candidate_det, adjugate = primals
-    cosines_dot, candidate_det_dot, adjugate_dot = tangents
+    cosines, candidate_det, adjugate, anchor_gram = primals
+    cosines_dot, candidate_det_dot, adjugate_dot, anchor_gram_dot = tangents
     n = cosines.shape[1]
-    determinant = _pair_determinant(cosines, candidate_det, adjugate)
+    determinant = _pair_determinant(cosines, candidate_det, adjugate, anchor_gram)
     volume = jnp.sqrt(jnp.maximum(determinant, 0.0))
     slope = 0.5 * jax.lax.rsqrt(jnp.maximum(determinant, common.SQRT_FLOOR))
     symmetric = adjugate + jnp.swapaxes(adjugate, -1, -2)
     weights = jnp.stack([sum(symmetric[None, :, a, b] * cosines[:, b] for b in range(n)) for a in range(n)], axis=1)
     determinant_dot = (
-        candidate_det_dot[None, :]
+        anchor_gram[:, None] * candidate_det_dot[None, :]
+        + anchor_gram_dot[:, None] * candidate_det[None, :]
         - jnp.sum(weights * cosines_dot, axis=1)
-        + _pair_determinant(cosines, jnp.zeros_like(candidate_det), adjugate_dot)
+        - _quadratic_form(cosines, adjugate_dot)
     )
     return volume, slope, determinant_dot
 

@@ -75,14 +75,15 @@ def _determinant_and_adjugate(gram):
     return jax.lax.optimization_barrier((symmetric_determinant(gram), symmetric_adjugate(gram)))
 
 
-def _pair_determinant(cosines, candidate_det, adjugate):
-    """det G_ij = det M_j - c_ij^T adj(M_j) c_ij `[B1, B2]` (det M_j times the Schur
-    complement 1 - c^T M_j^-1 c, written with the adjugate so that it holds for singular
-    M_j), with c_ij = (c_1[i, j], ..., c_n[i, j]); the (k-1)^2 terms are elementwise work
+def _pair_determinant(cosines, candidate_det, adjugate, anchor_gram):
+    """det G_ij = s_i det M_j - c_ij^T adj(M_j) c_ij `[B1, B2]` (det M_j times the Schur
+    complement s_i - c^T M_j^-1 c, written with the adjugate so that it holds for singular
+    M_j), with c_ij = (c_1[i, j], ..., c_n[i, j]) and s_i = |a_i|^2 `[B1, 1]` (1 unless the
+    anchor row is below the normalisation's floor); the (k-1)^2 terms are elementwise work
     that fuses into one pass over [B1, B2]."""
     n = len(cosines)
     quadratic_form = sum(adjugate[:, a, b] * cosines[a] * cosines[b] for a in range(n) for b in range(n))
-    return candidate_det - quadratic_form
+    return anchor_gram * candidate_det - quadratic_form
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -90,11 +91,11 @@ def _volume_infonce(anchor, modalities, temperature, label_smoothing):
     """symmetric_cross_entropy(-V / tau) from anchors `[B1, d]` and a tuple of n modality
     arrays `[B2, d]`, L2-normalised here (so that the jvp rule writes the normalisation's
     derivative too)."""
-    anchor = common.l2_normalize(anchor)
+    anchor, _, _, anchor_gram = common.unit_and_inverse_norm(anchor)
     modalities = tuple(common.l2_normalize(m) for m in modalities)
     candidate_det, adjugate = _determinant_and_adjugate(_symmetric_row_dots(modalities, modalities))
     cosines = [anchor @ modality.T for modality in modalities]
-    volume = jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate), 0.0))
+    volume = jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate, anchor_gram), 0.0))
     return common.symmetric_cross_entropy(-volume / temperature, label_smoothing)
 
 
@@ -124,13 +125,14 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
     three products [B1, d] x [d, B2] per modality that any such loss needs (forward, and
     two in the backward pass) and a few fused sweeps over [B1, B2].
 
-    With c_a = anchor m_a^T, det = det M - sum_ab adj_ab c_a c_b, V = sqrt(det),
-    logits = -V / tau, P = d loss / d logits and g = d loss / d det = -P / (2 tau V):
+    With c_a = anchor m_a^T, det = s det M - sum_ab adj_ab c_a c_b (s = |anchor|^2, 1
+    above the normalisation's floor), V = sqrt(det), logits = -V / tau,
+    P = d loss / d logits and g = d loss / d det = -P / (2 tau V):
         d loss / d c_a     = -sum_b S_ab w_b,  S = adj + adj^T,  w_b = g * c_b
         d loss / d anchor  = -sum_b w_b (sum_a S_ab m_a)
         d loss / d m_a,j   = -sum_b S_ab,j p_b,j,                p_b = w_b^T anchor
         d loss / d adj_ab,j = -sum_i w_a,ij c_b,ij = -<p_a,j, m_b,j>
-        d loss / d det M_j = sum_i g_ij
+        d loss / d det M_j = sum_i g_ij s_i,  d loss / d s_i = sum_j g_ij det M_j
         d loss / d tau     = sum P V / tau^2
     (d / d adj because c_b,ij = <anchor_i, m_b,j>: the reduction over i is the product p_a
     already formed, not another sweep over [B1, B2]); det M and adj M reach the m_a through
@@ -141,12 +143,12 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
     both directions come from one exp per logit (`scaled_symmetric_cross_entropy_and_gradient`).
     """
     n = len(modalities)
-    anchor, anchor_inverse_norm, anchor_above_floor = common.unit_and_inverse_norm(anchor)
-    modalities, inverse_norms, above_floor = zip(*(common.unit_and_inverse_norm(m) for m in modalities))
+    anchor, anchor_inverse_norm, anchor_above_floor, anchor_gram = common.unit_and_inverse_norm(anchor)
+    modalities, inverse_norms, above_floor, _ = zip(*(common.unit_and_inverse_norm(m) for m in modalities))
     candidate_gram = _symmetric_row_dots(modalities, modalities)  # M_j
     (candidate_det, adjugate), candidate_vjp = jax.vjp(_determinant_and_adjugate, candidate_gram)
     cosines = [anchor @ modality.T for modality in modalities]
-    volume = jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate), 0.0))
+    volume = jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate, anchor_gram), 0.0))
     if fixed_shift:
         loss, volume_grad = common.scaled_symmetric_cross_entropy_and_gradient(
             volume, -1.0 / temperature, -0.5 / temperature, label_smoothing
@@ -175,7 +177,10 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
     projected = [jax.lax.optimization_barrier(w.T) @ anchor for w in weighted]
     # <p_a,j, m_b,j> = sum_i g_ij c_a,ij c_b,ij is symmetric in a, b.
     adjugate_grad = -_symmetric_row_dots(projected, modalities)
-    candidate_det_grad = jnp.sum(det_grad, axis=0)
+    # sum_i g_ij s_i as the plain column sum plus a correction that is zero unless some
+    # anchor is below the floor (a multiply inside the reduction made XLA materialise s
+    # broadcast to [B1, B2] first).
+    candidate_det_grad = jnp.sum(det_grad, axis=0) + (anchor_gram[:, 0] - 1.0) @ det_grad
     # Through M_ab = <m_a, m_b>: d loss / d m_a += sum_b (dM_ab + dM_ba) m_b, with dM
     # materialised per candidate (the same reason as in `_determinant_and_adjugate`).
     (gram_grad,) = candidate_vjp((candidate_det_grad, adjugate_grad))
@@ -195,6 +200,12 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
         )
         for a in range(n)
     )
-    anchor_radial = jnp.where(anchor_above_floor, jnp.sum(anchor * anchor_grad, axis=-1, keepdims=True), 0.0)
+    # Above the floor s = 1 and the gradient loses its radial part; below it, s = |x|^2 /
+    # NORM_FLOOR adds (2 x / NORM_FLOOR) d loss / d s = 2 anchor / |x| * d loss / d s.
+    anchor_radial = jnp.where(
+        anchor_above_floor,
+        jnp.sum(anchor * anchor_grad, axis=-1, keepdims=True),
+        -2.0 * (det_grad @ candidate_det)[:, None],
+    )
     anchor_grad = (anchor_grad - anchor * anchor_radial) * anchor_inverse_norm
     return loss, (anchor_grad, modality_grads, temperature_grad)
