@@ -200,21 +200,30 @@ def volume_matrix_terms(anchor: jax.Array, others: jax.Array) -> tuple[jax.Array
     return cosines, symmetric_determinant(candidate_gram), symmetric_adjugate(candidate_gram), anchor_gram[:, 0]
 
 
-def _quadratic_form(cosines, adjugate):
-    # c^T adj(M_j) c unrolled over the (k-1)^2 entries: elementwise work that fuses into
-    # one pass over [B1, B2] (an einsum lowers to B2 tiny batched matmuls).
-    n = cosines.shape[1]
-    return sum(adjugate[None, :, a, b] * cosines[:, a] * cosines[:, b] for a in range(n) for b in range(n))
+def quadratic_form(cosines, adjugate):
+    """c_ij^T adj(M_j) c_ij `[B1, B2]` from a sequence of n cosine arrays c_a `[B1, B2]` and
+    the candidates' adjugates `[B2, n, n]`, unrolled over the n^2 entries: elementwise work
+    that fuses into one pass over [B1, B2] (an einsum lowers to B2 tiny batched matmuls)."""
+    n = len(cosines)
+    return sum(adjugate[:, a, b] * cosines[a] * cosines[b] for a in range(n) for b in range(n))
 
 
-def _pair_determinant(cosines, candidate_det, adjugate, anchor_gram):
-    return anchor_gram[:, None] * candidate_det[None, :] - _quadratic_form(cosines, adjugate)
+def pair_determinant(cosines, candidate_det, adjugate, anchor_gram):
+    """det G_ij = s_i det M_j - c_ij^T adj(M_j) c_ij `[B1, B2]` (det M_j times the Schur
+    complement s_i - c^T M_j^-1 c, written with the adjugate so that it holds for singular
+    M_j), with c_ij = (c_1[i, j], ..., c_n[i, j]) from the sequence `cosines` and
+    s_i = |a_i|^2 `[B1]` (1 unless the anchor row is below the normalisation's floor)."""
+    return anchor_gram[:, None] * candidate_det - quadratic_form(cosines, adjugate)
+
+
+def _by_modality(cosines):
+    return [cosines[:, a] for a in range(cosines.shape[1])]
 
 
 @jax.custom_jvp
 def _volume_from_cosines(cosines, candidate_det, adjugate, anchor_gram) -> jax.Array:
     """sqrt(s_i det M_j - c_ij^T adj(M_j) c_ij) `[B1, B2]`, with `safe_sqrt`'s derivative."""
-    return jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate, anchor_gram), 0.0))
+    return jnp.sqrt(jnp.maximum(pair_determinant(_by_modality(cosines), candidate_det, adjugate, anchor_gram), 0.0))
 
 
 def volume_linearization(primals, tangents):
@@ -226,7 +235,7 @@ def volume_linearization(primals, tangents):
     cosines, candidate_det, adjugate, anchor_gram = primals
     cosines_dot, candidate_det_dot, adjugate_dot, anchor_gram_dot = tangents
     n = cosines.shape[1]
-    determinant = _pair_determinant(cosines, candidate_det, adjugate, anchor_gram)
+    determinant = pair_determinant(_by_modality(cosines), candidate_det, adjugate, anchor_gram)
     volume = jnp.sqrt(jnp.maximum(determinant, 0.0))
     slope = 0.5 * jax.lax.rsqrt(jnp.maximum(determinant, common.SQRT_FLOOR))
     symmetric = adjugate + jnp.swapaxes(adjugate, -1, -2)
@@ -235,7 +244,7 @@ def volume_linearization(primals, tangents):
         anchor_gram[:, None] * candidate_det_dot[None, :]
         + anchor_gram_dot[:, None] * candidate_det[None, :]
         - jnp.sum(weights * cosines_dot, axis=1)
-        - _quadratic_form(cosines, adjugate_dot)
+        - quadratic_form(_by_modality(cosines), adjugate_dot)
     )
     return volume, slope, determinant_dot
 

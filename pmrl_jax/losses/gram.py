@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from pmrl_jax.losses import common
-from pmrl_jax.losses.geometry import symmetric_adjugate, symmetric_determinant
+from pmrl_jax.losses.geometry import pair_determinant, symmetric_adjugate, symmetric_determinant
 
 
 def gram_contrastive_loss(
@@ -75,17 +75,6 @@ def _determinant_and_adjugate(gram):
     return jax.lax.optimization_barrier((symmetric_determinant(gram), symmetric_adjugate(gram)))
 
 
-def _pair_determinant(cosines, candidate_det, adjugate, anchor_gram):
-    """det G_ij = s_i det M_j - c_ij^T adj(M_j) c_ij `[B1, B2]` (det M_j times the Schur
-    complement s_i - c^T M_j^-1 c, written with the adjugate so that it holds for singular
-    M_j), with c_ij = (c_1[i, j], ..., c_n[i, j]) and s_i = |a_i|^2 `[B1, 1]` (1 unless the
-    anchor row is below the normalisation's floor); the (k-1)^2 terms are elementwise work
-    that fuses into one pass over [B1, B2]."""
-    n = len(cosines)
-    quadratic_form = sum(adjugate[:, a, b] * cosines[a] * cosines[b] for a in range(n) for b in range(n))
-    return anchor_gram * candidate_det - quadratic_form
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _volume_infonce(anchor, modalities, temperature, label_smoothing):
     """symmetric_cross_entropy(-V / tau) from anchors `[B1, d]` and a tuple of n modality
@@ -95,7 +84,7 @@ def _volume_infonce(anchor, modalities, temperature, label_smoothing):
     modalities = tuple(common.l2_normalize(m) for m in modalities)
     candidate_det, adjugate = _determinant_and_adjugate(_symmetric_row_dots(modalities, modalities))
     cosines = [anchor @ modality.T for modality in modalities]
-    volume = jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate, anchor_gram), 0.0))
+    volume = jnp.sqrt(jnp.maximum(pair_determinant(cosines, candidate_det, adjugate, anchor_gram[:, 0]), 0.0))
     return common.symmetric_cross_entropy(-volume / temperature, label_smoothing)
 
 
@@ -148,7 +137,7 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
     candidate_gram = _symmetric_row_dots(modalities, modalities)  # M_j
     (candidate_det, adjugate), candidate_vjp = jax.vjp(_determinant_and_adjugate, candidate_gram)
     cosines = [anchor @ modality.T for modality in modalities]
-    volume = jnp.sqrt(jnp.maximum(_pair_determinant(cosines, candidate_det, adjugate, anchor_gram), 0.0))
+    volume = jnp.sqrt(jnp.maximum(pair_determinant(cosines, candidate_det, adjugate, anchor_gram[:, 0]), 0.0))
     if fixed_shift:
         loss, volume_grad = common.scaled_symmetric_cross_entropy_and_gradient(
             volume, -1.0 / temperature, -0.5 / temperature, label_smoothing
