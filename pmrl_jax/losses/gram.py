@@ -166,9 +166,8 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
     projected = [jax.lax.optimization_barrier(w.T) @ anchor for w in weighted]
     # <p_a,j, m_b,j> = sum_i g_ij c_a,ij c_b,ij is symmetric in a, b.
     adjugate_grad = -_symmetric_row_dots(projected, modalities)
-    # sum_i g_ij s_i as one vector-matrix product: one pass over [B1, B2], where the column
-    # sum plus a correction for anchors below the floor took two (a multiply inside a
-    # reduction makes XLA materialise s broadcast to [B1, B2] first).
+    # sum_i g_ij s_i as a vector-matrix product, one pass over [B1, B2] (as a reduction of
+    # s * g, XLA materialises s broadcast to [B1, B2] first).
     candidate_det_grad = anchor_gram[:, 0] @ det_grad
     # Through M_ab = <m_a, m_b>: d loss / d m_a += sum_b (dM_ab + dM_ba) m_b, with dM
     # materialised per candidate (the same reason as in `_determinant_and_adjugate`).
