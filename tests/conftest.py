@@ -9,6 +9,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests (and the job subprocesses and notebook kernels, which inherit the
 # environment) compile the same smoke-sized programs: a persistent compilation cache,
 # fresh for each session, compiles each once. jax keys it by the program and the flags.
+# pytest loads this file before it starts the xdist workers, which inherit the variable:
+# the workers share one cache.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
