@@ -8,6 +8,10 @@ Any field can be overridden on the command line, e.g.
 and `--config=configs/<method>.py:smoke` gives a seconds-long run (tests, CI).
 """
 
+import difflib
+import importlib.util
+import os
+
 from ml_collections import ConfigDict
 
 UCI_VIEWS = ("fac", "fou", "kar", "mor", "pix", "zer")
@@ -130,3 +134,33 @@ def finalize(config: ConfigDict, arg: str | None) -> ConfigDict:
     if arg == "smoke":
         return smoke(config)
     raise ValueError(f"unknown config argument {arg!r}; known: 'smoke'")
+
+
+def load_config_file(argument: str) -> ConfigDict:
+    """The config that `--config=ARGUMENT` gives, for ARGUMENT = "path/to/file.py[:arg]":
+    the file's `get_config(arg)`."""
+    path, _, arg = argument.partition(":")
+    name = "pmrl_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        raise FileNotFoundError(f"config file {path!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def unknown_field(config: ConfigDict, path: str) -> str | None:
+    """Why `config.<path>` (dotted, as in a `--config.<path>=...` override) names no field,
+    with the fields its parent has; None when it names one."""
+    node, parents = config, ["config"]
+    for name in path.split("."):
+        if not isinstance(node, ConfigDict):
+            return f"{'.'.join(parents)} holds a value ({node!r}), not a section with fields"
+        if name not in node:
+            fields = sorted(node.keys())
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return f"{'.'.join(parents)} has no field {name!r}; {hint}its fields: {', '.join(fields)}"
+        node = node[name]
+        parents.append(name)
+    return None

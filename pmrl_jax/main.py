@@ -34,6 +34,36 @@ def default_workdir(config_argument: str) -> str:
     return os.path.join("runs", f"{name}_{arg}" if arg else name)
 
 
+def parse_flags(argv):
+    """absl's flag parsing, except that an override `--config.<path>=...` naming no field
+    of the config ends the run with one line that names the flag and the fields there are
+    (ml_collections raises a bare KeyError or AttributeError from inside flag parsing)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):
+        reason = _explain_unknown_override(argv)
+        if reason is None:  # not an unknown field (a bug in a config file, say): the error as raised
+            raise
+        raise SystemExit(f"pmrl_jax: {reason}") from None
+
+
+def _explain_unknown_override(argv) -> str | None:
+    from pmrl_jax.configs import load_config_file, unknown_field
+
+    arguments = [a for a in argv[1:] if a.startswith("--config")]
+    files = [a.split("=", 1)[1] for a in arguments if a.startswith("--config=")]
+    try:
+        config = load_config_file(files[-1])
+    except Exception:  # the diagnosis is best effort: without it, the caller re-raises the parser's error
+        return None
+    for argument in arguments:
+        if argument.startswith("--config."):
+            reason = unknown_field(config, argument.split("=", 1)[0][len("--config."):])
+            if reason:
+                return f"{argument}: {reason}"
+    return None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -51,17 +81,17 @@ def main(argv):
               f"{f' (after {config.warm_start.steps} steps of {config.warm_start.loss})' if config.warm_start.loss else ''}"
               f", modalities {list(config.data.modalities)} of {config.data.name}, {config.num_steps} steps, "
               f"{jax.device_count()} {jax.default_backend()} device(s), workdir {workdir}", flush=True)
-    if _MODE.value == "train":
-        try:
+    try:
+        if _MODE.value == "train":
             trainer, state = train.train(config, workdir, _STOP_AT.value)
-        except train.Preempted as preempted:
-            if jax.process_index() == 0:
-                print(f"pmrl_jax: {preempted}", flush=True)
-            raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
-        except train.NonFiniteError as error:
-            raise SystemExit(f"pmrl_jax: {error}") from None
-    else:
-        trainer, state = train.latest_state(config, workdir, _STEP.value)
+        else:
+            trainer, state = train.latest_state(config, workdir, _STEP.value)
+    except train.Preempted as preempted:
+        if jax.process_index() == 0:
+            print(f"pmrl_jax: {preempted}", flush=True)
+        raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
+    except (train.NonFiniteError, train.ConfigError) as error:
+        raise SystemExit(f"pmrl_jax: {error}") from None
     results = train.evaluate(config, workdir, trainer, state)
     if jax.process_index() == 0:
         print(train.format_results(results))
@@ -71,4 +101,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -321,9 +321,60 @@ def make_trainer(config: ml_collections.ConfigDict, example_shapes: Mapping[str,
                    sharding.batch_sharding(mesh), shapes)
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot run, found before anything is compiled or written; the
+    message names the field."""
+
+
+# Numeric fields and the range each must lie in: (lowest allowed, first excluded or None).
+FIELD_BOUNDS = {
+    "num_steps": (1, None),
+    "log_every": (1, None),
+    "checkpoint_every": (1, None),
+    "max_checkpoints": (1, None),
+    "data.batch_size": (1, None),
+    "data.eval_batch_size": (1, None),
+    "data.prefetch_threads": (0, None),
+    "data.gaussian_noise": (0, None),
+    "data.modality_dropout": (0, 1),
+    "model.width": (1, None),
+    "model.embed_dim": (1, None),
+    "model.matching.weight": (0, None),
+    "loss.label_smoothing": (0, 1),
+    "loss.regularization_weight": (0, None),
+    "warm_start.steps": (0, None),
+    "optimizer.warmup_steps": (0, None),
+    "optimizer.weight_decay": (0, None),
+    "optimizer.b1": (0, 1),
+    "optimizer.b2": (0, 1),
+    "optimizer.grad_clip_norm": (0, None),
+}
+
+
 def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],
              num_devices: int | None = None) -> None:
-    """Rejects a bad configuration before anything is compiled, naming the field."""
+    """Rejects a bad configuration before anything is compiled or written: a ConfigError
+    naming the field."""
+    try:
+        _check_config(config, example_shapes, num_devices)
+    except ConfigError:
+        raise
+    except ValueError as error:  # the loss, evaluator and query checks of other modules
+        raise ConfigError(str(error)) from None
+
+
+def _check_bounds(config: ml_collections.ConfigDict) -> None:
+    for path, (lowest, excluded) in FIELD_BOUNDS.items():
+        value = functools.reduce(getattr, path.split("."), config)
+        if not (lowest <= value and (excluded is None or value < excluded)):  # NaN fails too
+            expected = f">= {lowest}" if excluded is None else f"in [{lowest}, {excluded})"
+            raise ConfigError(f"config.{path} must be {expected}; got {value}")
+    if not config.optimizer.learning_rate > 0:
+        raise ConfigError(f"config.optimizer.learning_rate must be > 0; got {config.optimizer.learning_rate}")
+
+
+def _check_config(config, example_shapes, num_devices) -> None:
+    _check_bounds(config)
     modalities = list(config.data.modalities)
     if len(set(modalities)) != len(modalities):
         raise ValueError(f"config.data.modalities has duplicates: {modalities}")
@@ -362,8 +413,6 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
     check_evals(config)
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite={config.nonfinite!r}; expected 'stop' or 'skip'")
-    if config.num_steps < 1:
-        raise ValueError(f"config.num_steps must be >= 1; got {config.num_steps}")
     devices = jax.device_count() if num_devices is None else num_devices
     if config.data.batch_size % devices or config.data.eval_batch_size % devices:
         raise ValueError(f"config.data.batch_size={config.data.batch_size} and config.data.eval_batch_size="
@@ -576,7 +625,7 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
             old, new = {k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}
         if old != new:
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ValueError(f"workdir {workdir!r} holds a run whose config.{section} differs from this one in "
+            raise ConfigError(f"workdir {workdir!r} holds a run whose config.{section} differs from this one in "
                              f"{', '.join(f'config.{section}.{k}' for k in changed)} (was "
                              f"{ {k: old.get(k) for k in changed} }, now { {k: new.get(k) for k in changed} }); "
                              f"use another --workdir")
@@ -655,9 +704,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at: int | None =
 
     Raises `Preempted` after checkpointing when SIGTERM arrives, and `NonFiniteError`
     (without checkpointing) when a step goes non-finite under `config.nonfinite="stop"`."""
-    prepare_workdir(workdir, config)
     source = data_sources(config, ("train",))["train"]
     trainer = make_trainer(config, example_shapes_of(source), mesh)
+    prepare_workdir(workdir, config)  # after the checks: a rejected config writes nothing
     iterator = training_iterator(config, source)
     manager = checkpoint_manager(workdir, config)
     start, state = restore_newest_valid(manager, trainer, workdir, iterator)
