@@ -17,6 +17,11 @@ from ml_collections import ConfigDict
 UCI_VIEWS = ("fac", "fou", "kar", "mor", "pix", "zer")
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot run, found before anything is compiled or written; the
+    message names the field. The main job reports it in one line."""
+
+
 def get_base_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0

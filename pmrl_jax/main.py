@@ -24,7 +24,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and res
                                "(default: runs/<config name>[_<arg>])")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate), or evaluate a checkpoint")
 _STOP_AT = flags.DEFINE_integer("stop_at", None, "with --mode=train: stop (checkpointed) after this step; "
-                                "re-running without it resumes")
+                                "re-running without it resumes", lower_bound=1)
 _STEP = flags.DEFINE_integer("step", None, "with --mode=eval: the checkpoint step (default: the newest)")
 
 
@@ -71,6 +71,7 @@ def main(argv):
     import jax
 
     from pmrl_jax import distributed, train
+    from pmrl_jax.data.features import FeaturesError
 
     config = _CONFIG.value
     distributed.initialize(config)  # before anything touches a device
@@ -90,7 +91,7 @@ def main(argv):
         if jax.process_index() == 0:
             print(f"pmrl_jax: {preempted}", flush=True)
         raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
-    except (train.NonFiniteError, train.ConfigError) as error:
+    except (train.NonFiniteError, train.ConfigError, FeaturesError, FileNotFoundError) as error:
         raise SystemExit(f"pmrl_jax: {error}") from None
     results = train.evaluate(config, workdir, trainer, state)
     if jax.process_index() == 0:

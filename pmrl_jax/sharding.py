@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from pmrl_jax.configs import ConfigError
+
 BATCH_AXES = ("data", "fsdp")
 
 
@@ -20,11 +22,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
     devices = jax.devices() if devices is None else list(devices)
     n = len(devices)
     if fsdp < 1 or n % fsdp:
-        raise ValueError(f"config.mesh.fsdp={fsdp} must be >= 1 and divide the {n} devices")
+        raise ConfigError(f"config.mesh.fsdp={fsdp} must be >= 1 and divide the {n} devices")
     if data == -1:
         data = n // fsdp
     if data * fsdp != n:
-        raise ValueError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != {n} devices")
+        raise ConfigError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != {n} devices")
     return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 

@@ -28,6 +28,7 @@ from flax import nnx
 from pmrl_jax import losses as L
 from pmrl_jax.losses import blocked as LB
 from pmrl_jax import sharding
+from pmrl_jax.configs import ConfigError
 from pmrl_jax.models import MultimodalModel, matching_loss
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -319,11 +320,6 @@ def make_trainer(config: ml_collections.ConfigDict, example_shapes: Mapping[str,
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_training_objects(config, shapes)))
     return Trainer(config, mesh, graphdef, sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size),
                    sharding.batch_sharding(mesh), shapes)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run, found before anything is compiled or written; the
-    message names the field."""
 
 
 # Numeric fields and the range each must lie in: (lowest allowed, first excluded or None).

@@ -148,6 +148,29 @@ def test_command_line_reports_a_bad_value_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("arguments,message", [
+    (["--config.data.name=mnist"], "pmrl_jax: unknown dataset 'mnist'; known: uci_multiple_features"),
+    (["--config.mesh.fsdp=3"], "pmrl_jax: config.mesh.fsdp=3 must be >= 1 and divide the 2 devices"),
+    (["--config.data.name=features", "--config.data.options={'directory': '/nonexistent', 'modalities': ('a', 'b')}",
+      "--config.data.modalities=('a', 'b')", "--config.eval.set_queries=()", "--config.data.gaussian_noise_exclude=()"],
+     "pmrl_jax: split 'train': missing directory /nonexistent/train"),
+    (["--mode=eval"], "pmrl_jax: workdir"),
+])
+def test_command_line_reports_bad_data_and_mesh_settings_in_one_line(tmp_path, arguments, message):
+    result = _main("--config=configs/clip.py:smoke", *arguments, f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_stop_at_must_be_a_step(tmp_path):
+    result = _main("--config=configs/clip.py:smoke", "--stop_at=0", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    assert "flag --stop_at=0: 0 is not a positive integer" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_command_line_override_reaches_the_run(tmp_path):
     result = _main("--config=configs/clip.py:smoke", "--config.num_steps=4", "--config.log_every=1",
                    f"--workdir={tmp_path}")

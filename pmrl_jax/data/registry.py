@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pmrl_jax.configs import ConfigError
 from pmrl_jax.data import uci_multiple_features as uci
 from pmrl_jax.data.pipeline import ArraySource, read_batch
 
@@ -75,12 +76,12 @@ def dataset_names() -> tuple[str, ...]:
 
 def make_source(name: str, split: str, **options):
     if name not in _BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(_BUILDERS)}")
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(_BUILDERS)}")
     builder = _BUILDERS[name]
     try:  # check the options only, so that a TypeError from inside a builder is not disguised
         inspect.signature(builder).bind(split, **options)
     except TypeError as error:
-        raise ValueError(f"dataset {name!r}: bad options {sorted(options)} ({error})") from None
+        raise ConfigError(f"dataset {name!r}: bad options {sorted(options)} ({error})") from None
     return builder(split, **options)
 
 
