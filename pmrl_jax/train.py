@@ -629,6 +629,8 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Checks the workdir against the config, then writes the resolved config."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir {workdir!r} is a file, not a directory")
     check_workdir_config(workdir, config)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:

@@ -164,6 +164,13 @@ def test_command_line_reports_bad_data_and_mesh_settings_in_one_line(tmp_path, a
     assert not (tmp_path / "run").exists()
 
 
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("notes")
+    with pytest.raises(train.ConfigError, match="is a file, not a directory"):
+        train.train(load_config("clip"), str(tmp_path / "run"))
+    assert (tmp_path / "run").read_text() == "notes"
+
+
 def test_stop_at_must_be_a_step(tmp_path):
     result = _main("--config=configs/clip.py:smoke", "--stop_at=0", f"--workdir={tmp_path / 'run'}")
     assert result.returncode == 1
