@@ -10,6 +10,7 @@ import pytest
 
 from configs_util import CONFIG_DIR, METHODS, load_config
 from pmrl_jax import train
+from pmrl_jax.configs import unknown_field
 
 REPO = CONFIG_DIR.parent
 UCI_SHAPES = {"fac": (216,), "fou": (76,), "kar": (64,), "mor": (6,), "pix": (240,), "zer": (47,)}
@@ -131,6 +132,16 @@ def test_command_line_rejects_an_unknown_field(tmp_path):
             "did you mean 'learning_rate'? its fields: b1, b2, decay,") in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.listdir(tmp_path)  # rejected before anything was written
+
+
+def test_unknown_field_names_the_missing_part_and_what_is_there():
+    config = load_config("gram")
+    assert unknown_field(config, "optimizer.learning_rate") is None
+    assert unknown_field(config, "model.temperature.initial") is None
+    assert unknown_field(config, "model.temperatur.initial") == (
+        "config.model has no field 'temperatur'; did you mean 'temperature'? its fields: "
+        + ", ".join(sorted(config.model.keys())))
+    assert unknown_field(config, "num_steps.max") == "config.num_steps holds a value (6), not a section with fields"
 
 
 def test_command_line_names_a_missing_section(tmp_path):
