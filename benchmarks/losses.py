@@ -163,9 +163,9 @@ def main():
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     target_repeats = max(args.repeats, args.target_repeats)
+    target_rounds = "" if args.quick else f" ({target_repeats} at GRAM B={GRAM_TARGET['B']} k={GRAM_TARGET['k']})"
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s), d = {D}, "
-          f"best and median of {args.repeats} interleaved runs ({target_repeats} at GRAM B={GRAM_TARGET['B']} "
-          f"k={GRAM_TARGET['k']}); host: {host_description()}")
+          f"best and median of {args.repeats} interleaved runs{target_rounds}; host: {host_description()}")
     print(f"{'loss':5s} {'k':>2s} {'B':>5s} {'library ms':>11s} {'naive ms':>9s} {'matmul ms':>10s} {'floor ms':>9s} "
           f"{'naive/lib':>10s} {'lib/matmul':>11s} {'floor/matmul':>13s} {'products/matmul':>16s} {'temp MiB':>9s} {'faults':>7s}   "
           f"(best of runs; median lib/matmul)")
