@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from pmrl_jax import evaluate as ev
+from pmrl_jax.configs import ConfigError
 from pmrl_jax import scoring
 
 
@@ -76,7 +77,7 @@ def parse_set_query(text: str, modalities: Sequence[str]) -> tuple[list[str], li
     sides = [side.split("+") for side in (query, candidate)]
     unknown = [m for side in sides for m in side if m not in modalities]
     if not arrow or unknown or not all(sides[0]) or not all(sides[1]) or set(sides[0]) & set(sides[1]):
-        raise ValueError(f"config.eval.set_queries entry {text!r}: expected 'a+b->c+d' over the disjoint modalities "
+        raise ConfigError(f"config.eval.set_queries entry {text!r}: expected 'a+b->c+d' over the disjoint modalities "
                          f"of {list(modalities)}{f'; unknown {unknown}' if unknown else ''}")
     return sides[0], sides[1]
 
@@ -117,7 +118,7 @@ class Rerank:
     def run(self, context: EvalContext) -> dict:
         config, modalities = context.config, context.modalities
         if not config.model.matching.enabled:
-            raise ValueError("the 'rerank' evaluator needs the matching head: config.model.matching.enabled is False")
+            raise ConfigError("the 'rerank' evaluator needs the matching head: config.model.matching.enabled is False")
         anchor = config.loss.anchor
         others = [m for m in range(len(modalities)) if m != anchor]
         embedded = context.embedded(tokens=True)
@@ -220,13 +221,13 @@ class Classification:
         config, modalities = context.config, context.modalities
         modality, path = config.eval.class_description_modality, config.eval.class_descriptions
         if modality not in modalities:
-            raise ValueError(f"config.eval.class_description_modality={modality!r} is not one of {modalities}")
+            raise ConfigError(f"config.eval.class_description_modality={modality!r} is not one of {modalities}")
         if not os.path.exists(path):
             raise FileNotFoundError(f"config.eval.class_descriptions={path!r}: no such file")
         inputs = np.load(path)
         template = read_batch(context.source(context.split), np.zeros(1, np.int64))
         if inputs.shape != (len(classes),) + template[modality].shape[1:]:
-            raise ValueError(f"config.eval.class_descriptions={path!r} holds {inputs.shape}; expected one "
+            raise ConfigError(f"config.eval.class_descriptions={path!r} holds {inputs.shape}; expected one "
                              f"{modality!r} input per class: {(len(classes),) + template[modality].shape[1:]}")
         arrays = {m: np.zeros((len(classes),) + template[m].shape[1:], template[m].dtype) for m in modalities}
         arrays[modality] = inputs.astype(template[modality].dtype)
@@ -288,13 +289,13 @@ EVALUATORS = {cls.name: cls for cls in (Retrieval, Rerank, Classification, Robus
 def check_evals(config: ml_collections.ConfigDict) -> None:
     unknown = [name for name in config.evals if name not in EVALUATORS]
     if unknown:
-        raise ValueError(f"config.evals names {unknown}; known evaluators: {', '.join(EVALUATORS)}")
+        raise ConfigError(f"config.evals names {unknown}; known evaluators: {', '.join(EVALUATORS)}")
     if "rerank" in config.evals and not config.model.matching.enabled:
-        raise ValueError("config.evals has 'rerank', which needs the matching head (config.model.matching.enabled)")
+        raise ConfigError("config.evals has 'rerank', which needs the matching head (config.model.matching.enabled)")
     for text in config.eval.set_queries:
         parse_set_query(text, list(config.data.modalities))
     if config.eval.rerank_top_k < 1 or config.eval.tile < 1:
-        raise ValueError(f"config.eval.rerank_top_k={config.eval.rerank_top_k} and config.eval.tile="
+        raise ConfigError(f"config.eval.rerank_top_k={config.eval.rerank_top_k} and config.eval.tile="
                          f"{config.eval.tile} must be >= 1")
 
 

@@ -105,11 +105,11 @@ LOSSES: dict[str, LossSpec] = {
 
 def check_loss(name: str, num_modalities: int, field: str = "config.loss.name") -> LossSpec:
     if name not in LOSSES:
-        raise ValueError(f"{field}={name!r} is not a known loss; known: {', '.join(LOSSES)}")
+        raise ConfigError(f"{field}={name!r} is not a known loss; known: {', '.join(LOSSES)}")
     spec = LOSSES[name]
     if num_modalities < spec.min_modalities or (spec.max_modalities and num_modalities > spec.max_modalities):
         wanted = spec.min_modalities if spec.max_modalities == spec.min_modalities else f">= {spec.min_modalities}"
-        raise ValueError(f"{field}={name!r} needs k = {wanted} modalities; config.data.modalities has "
+        raise ConfigError(f"{field}={name!r} needs k = {wanted} modalities; config.data.modalities has "
                          f"{num_modalities}")
     return spec
 
@@ -120,7 +120,7 @@ def check_loss(name: str, num_modalities: int, field: str = "config.loss.name") 
 def encoder_options(config: ml_collections.ConfigDict) -> dict[str, dict]:
     unknown = set(config.model.encoders) - set(config.data.modalities)
     if unknown:
-        raise ValueError(f"config.model.encoders names {sorted(unknown)}, which are not in config.data.modalities "
+        raise ConfigError(f"config.model.encoders names {sorted(unknown)}, which are not in config.data.modalities "
                          f"{list(config.data.modalities)}")
     options = {}
     for name in config.data.modalities:
@@ -170,7 +170,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     elif opt.decay == "linear":
         decay = optax.linear_schedule(opt.learning_rate, 0.0, decay_steps)
     else:
-        raise ValueError(f"config.optimizer.decay={opt.decay!r}; expected 'cosine' or 'linear'")
+        raise ConfigError(f"config.optimizer.decay={opt.decay!r}; expected 'cosine' or 'linear'")
     return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup), decay], [warmup])
 
 
@@ -347,18 +347,6 @@ FIELD_BOUNDS = {
 }
 
 
-def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],
-             num_devices: int | None = None) -> None:
-    """Rejects a bad configuration before anything is compiled or written: a ConfigError
-    naming the field."""
-    try:
-        _check_config(config, example_shapes, num_devices)
-    except ConfigError:
-        raise
-    except ValueError as error:  # the loss, evaluator and query checks of other modules
-        raise ConfigError(str(error)) from None
-
-
 def _check_bounds(config: ml_collections.ConfigDict) -> None:
     for path, (lowest, excluded) in FIELD_BOUNDS.items():
         value = functools.reduce(getattr, path.split("."), config)
@@ -369,52 +357,55 @@ def _check_bounds(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.optimizer.learning_rate must be > 0; got {config.optimizer.learning_rate}")
 
 
-def _check_config(config, example_shapes, num_devices) -> None:
+def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],
+             num_devices: int | None = None) -> None:
+    """Rejects a bad configuration before anything is compiled or written: a ConfigError
+    naming the field."""
     _check_bounds(config)
     modalities = list(config.data.modalities)
     if len(set(modalities)) != len(modalities):
-        raise ValueError(f"config.data.modalities has duplicates: {modalities}")
+        raise ConfigError(f"config.data.modalities has duplicates: {modalities}")
     missing = [m for m in modalities if m not in example_shapes]
     if missing:
-        raise ValueError(f"config.data.modalities names {missing}, which dataset {config.data.name!r} does not have; "
+        raise ConfigError(f"config.data.modalities names {missing}, which dataset {config.data.name!r} does not have; "
                          f"it has {sorted(example_shapes)}")
     unknown = [m for m in config.data.gaussian_noise_exclude if m not in example_shapes]
     if unknown:
-        raise ValueError(f"config.data.gaussian_noise_exclude names {unknown}, which dataset {config.data.name!r} "
+        raise ConfigError(f"config.data.gaussian_noise_exclude names {unknown}, which dataset {config.data.name!r} "
                          f"does not have; it has {sorted(example_shapes)}")
     check_loss(config.loss.name, len(modalities))
     if config.warm_start.loss:
         check_loss(config.warm_start.loss, len(modalities), "config.warm_start.loss")
     for field, name in (("config.loss.name", config.loss.name), ("config.warm_start.loss", config.warm_start.loss)):
         if config.loss.blocked and name and not LOSSES[name].blockable:
-            raise ValueError(f"config.loss.blocked=True, but {field}={name!r} has no blocked form; blocked: "
+            raise ConfigError(f"config.loss.blocked=True, but {field}={name!r} has no blocked form; blocked: "
                              f"{', '.join(n for n, spec in LOSSES.items() if spec.blockable)}")
     if not 0 <= config.loss.anchor < len(modalities):
-        raise ValueError(f"config.loss.anchor={config.loss.anchor} is not an index into {len(modalities)} modalities")
+        raise ConfigError(f"config.loss.anchor={config.loss.anchor} is not an index into {len(modalities)} modalities")
     if config.loss.similarity not in L.similarity_names():
-        raise ValueError(f"config.loss.similarity={config.loss.similarity!r}; known: {', '.join(L.similarity_names())}")
+        raise ConfigError(f"config.loss.similarity={config.loss.similarity!r}; known: {', '.join(L.similarity_names())}")
     if config.eval.similarity not in L.similarity_names():
-        raise ValueError(f"config.eval.similarity={config.eval.similarity!r}; known: {', '.join(L.similarity_names())}")
+        raise ConfigError(f"config.eval.similarity={config.eval.similarity!r}; known: {', '.join(L.similarity_names())}")
     temperature = config.model.temperature
     if not 0 < temperature.minimum <= temperature.initial <= temperature.maximum:
-        raise ValueError("config.model.temperature needs 0 < minimum <= initial <= maximum; got "
+        raise ConfigError("config.model.temperature needs 0 < minimum <= initial <= maximum; got "
                          f"{temperature.minimum}, {temperature.initial}, {temperature.maximum}")
     for field in ("alignment_temperature", "regularization_temperature"):
         if config.loss[field] <= 0:
-            raise ValueError(f"config.loss.{field} must be > 0; got {config.loss[field]}")
+            raise ConfigError(f"config.loss.{field} must be > 0; got {config.loss[field]}")
     if config.model.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype={config.model.dtype!r}; known: {', '.join(DTYPES)}")
+        raise ConfigError(f"config.model.dtype={config.model.dtype!r}; known: {', '.join(DTYPES)}")
     from pmrl_jax.evaluators import check_evals
 
     check_evals(config)
     if config.nonfinite not in ("stop", "skip"):
-        raise ValueError(f"config.nonfinite={config.nonfinite!r}; expected 'stop' or 'skip'")
+        raise ConfigError(f"config.nonfinite={config.nonfinite!r}; expected 'stop' or 'skip'")
     devices = jax.device_count() if num_devices is None else num_devices
     if config.data.batch_size % devices or config.data.eval_batch_size % devices:
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} and config.data.eval_batch_size="
+        raise ConfigError(f"config.data.batch_size={config.data.batch_size} and config.data.eval_batch_size="
                          f"{config.data.eval_batch_size} must both be divisible by the {devices} devices")
     if config.data.batch_size % jax.process_count():
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by the "
+        raise ConfigError(f"config.data.batch_size={config.data.batch_size} is not divisible by the "
                          f"{jax.process_count()} processes")
 
 

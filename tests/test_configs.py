@@ -38,6 +38,14 @@ def test_unknown_config_argument_is_an_error():
         load_config("gram", "smok")
 
 
+def _field(config, path):
+    """(the section holding the dotted `path`, its last key)."""
+    section, _, key = path.rpartition(".")
+    for part in filter(None, section.split(".")):
+        config = config[part]
+    return config, key
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("loss.name", "volume", "config.loss.name='volume' is not a known loss"),
     ("warm_start.loss", "nope", "config.warm_start.loss='nope'"),
@@ -51,20 +59,10 @@ def test_unknown_config_argument_is_an_error():
 ])
 def test_bad_fields_are_named(field, value, message):
     config = load_config("gram")
-    section, _, key = field.rpartition(".")
-    target = config
-    for part in filter(None, section.split(".")):
-        target = target[part]
-    target[key] = value
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    section, key = _field(config, field)
+    section[key] = value
+    with pytest.raises(train.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         train.validate(config, UCI_SHAPES, num_devices=8)
-
-
-def _field(config, path):
-    section, _, key = path.rpartition(".")
-    for part in filter(None, section.split(".")):
-        config = config[part]
-    return config, key
 
 
 @pytest.mark.parametrize("path", sorted(train.FIELD_BOUNDS))
