@@ -20,11 +20,11 @@ any loss of this shape can cost on this backend.
 Targets (issue 2): GRAM at B = 1024, k = 3 within 3.5x of the matmul; PMRL at least 20x
 faster than the SVD formulation at B = 256, k = 3. GRAM's target size runs 100 rounds
 (--target-repeats), about 11 s, against 20 (2 s) for the others. On this shared host the
-load from other tenants comes and goes over seconds, and it slows GRAM's memory-bound
-elementwise work more than the compute-bound matmul (GRAM's best rising 5-10% while the
-matmul's rose 1-3%); more rounds make it likelier that the best times come from a quiet
-stretch, and the script prints the ratio within each run of --repeats consecutive rounds
-so that the spread shows. Load that lasts the whole run still raises the ratio.
+load from other tenants comes and goes over seconds, and it can slow GRAM's memory-bound
+elementwise work more than the compute-bound matmul; more rounds make it likelier that the
+best times come from a quiet stretch, and the script prints the ratio and both best times
+within each run of --repeats consecutive rounds so that the spread shows. Load that lasts
+the whole run still raises the ratio.
 
 "temp MiB" is the library program's temporary buffer (XLA's memory analysis) and "faults"
 the minor page faults per call. XLA:CPU allocates that buffer on every call; glibc serves
@@ -134,11 +134,11 @@ def best_and_median(samples):
     return {name: (min(t), statistics.median(t)) for name, t in samples.items()}
 
 
-def window_ratios(samples, window):
-    """Best library time over best matmul time within each run of `window` consecutive
+def window_bests(samples, window):
+    """(best library time, best matmul time) within each run of `window` consecutive
     rounds: how much a ratio taken from that few rounds moves with the host's load."""
     library, matmul = samples["library"], samples["matmul"]
-    return [min(library[i:i + window]) / min(matmul[i:i + window]) for i in range(0, len(library) - window + 1, window)]
+    return [(min(library[i:i + window]), min(matmul[i:i + window])) for i in range(0, len(library) - window + 1, window)]
 
 
 def memory_profile(fn, args, calls=5):
@@ -195,7 +195,7 @@ def main():
                 target = method == "gram" and (k, b) == (GRAM_TARGET["k"], GRAM_TARGET["B"])
                 samples = measure(functions, target_repeats if target else args.repeats)
                 if target:
-                    windows = window_ratios(samples, args.repeats)
+                    windows = window_bests(samples, args.repeats)
                 timings = best_and_median(samples)
                 timings.update(best_and_median(measure({"naive": (naive, (x,))}, 3 if slow else args.repeats)))
                 if method == "pmrl":
@@ -227,8 +227,11 @@ def main():
               f"{GRAM_TARGET['ratio']}x; the three-matmul floor is {gram['floor'] / gram['matmul']:.2f}x, the three "
               f"products alone {gram['products'] / gram['matmul']:.2f}x; the matmul ran at {matmul_gflops:.0f} "
               f"GFLOP/s): {'met' if gram_met else 'NOT met'}")
+        ratios = [lib / mm for lib, mm in windows]
+        libraries, matmuls = [1e3 * lib for lib, _ in windows], [1e3 * mm for _, mm in windows]
         print(f"    best library / best matmul within each {args.repeats} consecutive rounds of the "
-              f"{target_repeats}: {min(windows):.2f}x to {max(windows):.2f}x ({len(windows)} windows)")
+              f"{target_repeats}: {min(ratios):.2f}x to {max(ratios):.2f}x ({len(windows)} windows; library "
+              f"{min(libraries):.2f}-{max(libraries):.2f} ms, matmul {min(matmuls):.2f}-{max(matmuls):.2f} ms)")
         temp, faults = memory[("gram", gram_k, gram_b)]
         print(f"    its temporaries: {temp:.1f} MiB, {faults:.0f} minor page faults per call ({4 * faults / 1024:.1f} MiB "
               f"mapped afresh per call; see the docstring for a run without that cost)")
