@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from arguments import positive_int  # noqa: E402
 from pmrl_jax.data import pipeline, registry  # noqa: E402
 from pmrl_jax.data.features import FeaturesSource  # noqa: E402
 from pmrl_jax.data.synthetic import make_synthetic  # noqa: E402
@@ -61,10 +62,10 @@ def throughput(source, batch_size: int, batches: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=1_000_000)
+    parser.add_argument("--examples", type=positive_int, default=1_000_000)
     parser.add_argument("--dir", default="/tmp/pmrl_jax_features")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--batches", type=positive_int, default=200)
     args = parser.parse_args()
 
     uci = registry.make_source("uci_multiple_features", "train")

@@ -17,13 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+from arguments import positive_int, positive_ints
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10000,100000")
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--tile", type=int, default=1024)
-    parser.add_argument("--devices", type=int, default=8)
+    parser.add_argument("--sizes", type=positive_ints, default="10000,100000")
+    parser.add_argument("--dim", type=positive_int, default=128)
+    parser.add_argument("--tile", type=positive_int, default=1024)
+    parser.add_argument("--devices", type=positive_int, default=8)
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,7 +43,7 @@ def main() -> None:
     mesh = sharding.make_mesh()
     print(f"jax {jax.__version__}, {mesh.size} {jax.default_backend()} devices, d={args.dim}, tile={args.tile}")
     print(f"{'N':>8s} {'any-to-any s':>13s} {'blocked MiB/device':>19s} {'unblocked MiB':>14s} {'ratio':>7s}")
-    for n in map(int, args.sizes.split(",")):
+    for n in args.sizes:
         z = np.random.default_rng(0).standard_normal((n, 3, args.dim)).astype(np.float32)
         start = time.perf_counter()
         for q, c in itertools.permutations(range(3), 2):

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from arguments import positive_int  # noqa: E402
 from pmrl_jax import losses as L  # noqa: E402
 
 D = 512
@@ -155,8 +156,8 @@ def memory_profile(fn, args, calls=5):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--target-repeats", type=int, default=100,
+    parser.add_argument("--repeats", type=positive_int, default=20)
+    parser.add_argument("--target-repeats", type=positive_int, default=100,
                         help="rounds for GRAM's target size (at least --repeats): on a shared host, load from "
                              "other tenants can cover all of 20 rounds")
     parser.add_argument("--quick", action="store_true", help="smallest sizes only (smoke test)")

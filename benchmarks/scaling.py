@@ -17,12 +17,16 @@ import os
 import sys
 from pathlib import Path
 
+from arguments import names_from, positive_int, positive_ints
+
+LOSS_NAMES = ("gram", "clip", "pmrl")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", default="4096,16384")
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--losses", default="gram,clip,pmrl")
+    parser.add_argument("--batches", type=positive_ints, default="4096,16384")
+    parser.add_argument("--dim", type=positive_int, default=512)
+    parser.add_argument("--losses", type=names_from(LOSS_NAMES), default="gram,clip,pmrl")
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,9 +55,9 @@ def main() -> None:
 
     print(f"jax {jax.__version__}; per-device temporary MiB of jit(grad(loss)), k = 3, d = {args.dim}")
     print(f"{'loss':5s} {'B':>6s} {'devices':>7s} {'unblocked':>10s} {'blocked':>9s} {'blocked / 1-device':>19s}")
-    for name in args.losses.split(","):
+    for name in args.losses:
         unblocked, ring = losses[name]
-        for batch in map(int, args.batches.split(",")):
+        for batch in args.batches:
             one_device = None
             for devices in (1, 2, 4, 8):
                 mesh = sharding.make_mesh(devices=jax.devices()[:devices])

@@ -13,7 +13,6 @@ target: at least 5x). Times are the median of interleaved repeats.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -24,17 +23,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from arguments import names_from, positive_int  # noqa: E402
 from pmrl_jax import train  # noqa: E402
+from pmrl_jax.configs import load_config_file  # noqa: E402
+
+CONFIG_NAMES = sorted(path.stem for path in (ROOT / "configs").glob("*.py"))
 
 
 PIPELINE_BATCHES = 10
 
 
-def load_config(name: str, arg: str | None):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+def load_config(name: str, smoke: bool):
+    return load_config_file(f"{ROOT / 'configs' / name}.py{':smoke' if smoke else ''}")
 
 
 def seconds(fn, repeats: int) -> float:
@@ -86,15 +86,15 @@ def measure(name: str, config, repeats: int) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="clip,gram,pmrl")
-    parser.add_argument("--steps", type=int, default=30, help="timed repeats of each measurement")
+    parser.add_argument("--configs", type=names_from(CONFIG_NAMES), default="clip,gram,pmrl")
+    parser.add_argument("--steps", type=positive_int, default=30, help="timed repeats of each measurement")
     parser.add_argument("--smoke", action="store_true", help="the configs' :smoke variants (for the test suite)")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} device(s)")
     print(f"{'config':8s} {'loss':7s} {'batch':>5s} {'steps/s':>8s} {'examples/s':>11s} {'loss share':>10s} "
           f"{'pipeline ex/s':>13s} {'pipeline/step':>13s}")
-    for name in args.configs.split(","):
-        measure(name, load_config(name, "smoke" if args.smoke else None), args.steps)
+    for name in args.configs:
+        measure(name, load_config(name, args.smoke), args.steps)
     return 0
 
 

@@ -1,10 +1,13 @@
 """The benchmark scripts keep running (smallest sizes, few repeats); their figures are
 read by people, not asserted here."""
 
+import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +70,29 @@ def test_scaling_benchmark_runs():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("gram ")]
     assert [int(row[2]) for row in rows] == [1, 2, 4, 8], result.stdout
+
+
+def test_benchmark_arguments_reject_what_would_time_nothing():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import arguments
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert arguments.positive_int("3") == 3
+    assert arguments.positive_ints("256,4096") == [256, 4096]
+    assert arguments.names_from(["gram", "clip"])("clip,gram") == ["clip", "gram"]
+    for bad in ("0", "-2", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive integer"):
+            arguments.positive_int(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="got 0"):
+        arguments.positive_ints("256,0")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown 'grm'; choose from gram, clip"):
+        arguments.names_from(["gram", "clip"])("gram,grm")
+
+
+def test_a_bad_benchmark_argument_is_a_usage_error():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--batches", "256,0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "scaling.py: error: argument --batches: expected a positive integer, got 0"), result.stderr
