@@ -90,6 +90,23 @@ def test_finite_values_and_gradients_at_degenerate_inputs(name):
                 assert np.all(np.isfinite(np.asarray(grad, np.float32))), (name, case, k, d, dtype)
 
 
+@pytest.mark.parametrize("name", ["gram", "pmrl"])
+def test_debug_nans_is_silent_at_alignment_and_reports_a_nan_input(name):
+    """The README's advice for a NaN hunt holds: run eagerly under jax_debug_nans and
+    jax_debug_infs (which check each operation's output), the two losses with hand-written
+    derivatives raise nothing at exact alignment, where an unguarded sqrt(det) or 1 / gap
+    gives inf, and a NaN in the input is reported."""
+    loss, _, _ = LOSSES[name]
+    _, aligned = next(degenerate_batches(3, 8))
+    with jax.debug_nans(True), jax.debug_infs(True):
+        value, grad = jax.value_and_grad(loss)(jnp.asarray(aligned, jnp.float32))
+        assert np.isfinite(float(value)) and np.all(np.isfinite(grad))
+        poisoned = aligned.astype(np.float32)
+        poisoned[2, 1, 3] = np.nan
+        with pytest.raises(FloatingPointError, match="nan"):
+            loss(poisoned)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_inputs_compute_in_float32(name):
     loss, _, _ = LOSSES[name]
