@@ -295,8 +295,12 @@ def test_shape_errors_name_the_argument():
         L.anchored_infonce_loss(x, temperature=0.1, anchor=3)
     with pytest.raises(ValueError, match="label_smoothing"):
         L.infonce_loss(x[:, 0], x[:, 1], temperature=0.1, label_smoothing=1.0)
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(TypeError, match="`x` must be a floating-point array; got dtype int32"):
         L.pmrl_loss(np.ones((4, 3, 8), np.int32))
+    with pytest.raises(TypeError, match="`b` must be a floating-point array; got dtype bool"):
+        L.infonce_loss(x[:, 0], x[:, 1] > 0, temperature=0.1)
+    with pytest.raises(TypeError, match="`others` must be a floating-point array"):
+        L.gram_contrastive_loss(x[:, 0], np.zeros((4, 2, 8), np.int8), temperature=0.1)
 
 
 def test_losses_vmap_over_a_leading_axis():

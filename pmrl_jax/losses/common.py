@@ -38,6 +38,9 @@ def as_compute(x: jax.Array) -> jax.Array:
 
 
 def check_rank(x: jax.Array, name: str, ndim: int, layout: str) -> None:
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array; got dtype {dtype}")
     if jnp.ndim(x) != ndim:
         raise ValueError(
             f"`{name}` must have shape {layout} ({ndim} axes); got shape {jnp.shape(x)}"
