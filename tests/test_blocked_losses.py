@@ -63,6 +63,14 @@ def test_blocked_losses_need_a_mesh_and_a_divisible_batch():
             blocked.blocked_infonce_loss(x[:, 0], x[:, 1], temperature=0.1)
 
 
+@pytest.mark.parametrize("name", PAIRS)
+def test_blocked_losses_reject_an_empty_batch(name):
+    ring, k = PAIRS[name][1], PAIRS[name][2]
+    with jax.set_mesh(sharding.make_mesh(devices=jax.devices()[:2])):
+        with pytest.raises(ValueError, match="holds no instances"):
+            ring(jnp.ones((0, k, 4)), 0.1)
+
+
 def test_blocked_gram_step_holds_a_fraction_of_the_unblocked_memory():
     """Compiled, not run: fwd+bwd at B = 2048 on 8 devices against 1 device unblocked."""
     shape = jax.ShapeDtypeStruct((2048, 3, 64), jnp.float32)

@@ -301,6 +301,20 @@ def test_shape_errors_name_the_argument():
         L.infonce_loss(x[:, 0], x[:, 1] > 0, temperature=0.1)
     with pytest.raises(TypeError, match="`others` must be a floating-point array"):
         L.gram_contrastive_loss(x[:, 0], np.zeros((4, 2, 8), np.int8), temperature=0.1)
+    with pytest.raises(TypeError, match="`x` must be an array \\(jax or numpy\\); got list"):
+        L.pmrl_loss(x.tolist())
+    with pytest.raises(ValueError, match="`others` holds no modality besides the anchor"):
+        L.gram_contrastive_loss(x[:, 0], x[:, :0], temperature=0.1)
+    with pytest.raises(ValueError, match="`others` holds no modality besides the anchor"):
+        L.volume_matrix(x[:, 0], x[:, :0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_empty_batch_is_an_error_not_a_nan(name):
+    """A batch loss is a mean over instances; with none it would be NaN (it was, silently)."""
+    loss, _, _ = LOSSES[name]
+    with pytest.raises(ValueError, match=r"holds no instances \(shape \(0, "):
+        loss(np.ones((0, default_k(name), 8), np.float32))
 
 
 def test_losses_vmap_over_a_leading_axis():

@@ -82,6 +82,7 @@ def _sharded(fn, *args, axis_name=None):
         axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
     size = math.prod(mesh.shape[a] for a in axes)
     batch = jnp.shape(args[0])[0]
+    common.check_batch(args[0], "the batch")
     if batch % size:
         raise ValueError(f"the global batch of {batch} is not divisible by the {size} devices of axes {axes}")
     specs = tuple(P(axes) if jnp.ndim(a) > 0 else P() for a in args)
@@ -119,7 +120,7 @@ def blocked_gram_contrastive_loss(anchor, others, *, temperature, label_smoothin
                                   axis_name=None) -> jax.Array:
     """`gram_contrastive_loss` (GRAM's symmetric volume InfoNCE) over a ring of devices."""
     common.check_rank(anchor, "anchor", 2, "[batch, d]")
-    common.check_rank(others, "others", 3, "[batch, k - 1, d]")
+    common.check_others(others)
     common.check_temperature(temperature)
     common.check_label_smoothing(label_smoothing)
 

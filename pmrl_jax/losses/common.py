@@ -38,9 +38,10 @@ def as_compute(x: jax.Array) -> jax.Array:
 
 
 def check_rank(x: jax.Array, name: str, ndim: int, layout: str) -> None:
-    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"`{name}` must be a floating-point array; got dtype {dtype}")
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"`{name}` must be an array (jax or numpy); got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array; got dtype {x.dtype}")
     if jnp.ndim(x) != ndim:
         raise ValueError(
             f"`{name}` must have shape {layout} ({ndim} axes); got shape {jnp.shape(x)}"
@@ -55,6 +56,19 @@ def check_modalities(x: jax.Array, name: str, *, min_k: int = 2, exact_k: int | 
         raise ValueError(f"`{name}` must hold exactly k={exact_k} modalities on axis 1; got k={k} (shape {x.shape})")
     if k < min_k:
         raise ValueError(f"`{name}` must hold at least k={min_k} modalities on axis 1; got k={k} (shape {x.shape})")
+
+
+def check_others(others: jax.Array) -> None:
+    """`others` `[batch, k - 1, d]` of the anchored losses: at least one modality besides the anchor."""
+    check_rank(others, "others", 3, "[batch, k - 1, d]")
+    if others.shape[1] == 0:
+        raise ValueError(f"`others` holds no modality besides the anchor (shape {others.shape}); k - 1 must be >= 1")
+
+
+def check_batch(x: jax.Array, name: str) -> None:
+    """A batch loss is a mean over instances: an empty batch would give NaN."""
+    if jnp.shape(x)[0] == 0:
+        raise ValueError(f"`{name}` holds no instances (shape {jnp.shape(x)}); a batch loss needs at least one")
 
 
 def check_same_width(a: jax.Array, b: jax.Array, names: str) -> None:

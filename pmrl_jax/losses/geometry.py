@@ -188,7 +188,7 @@ def volume_matrix_terms(anchor: jax.Array, others: jax.Array) -> tuple[jax.Array
     `[B1, k-1, B2]` (c_ij, modality-major), det M_j `[B2]`, adj M_j `[B2, k-1, k-1]` and
     the anchors' own Gram entries s_i = |a_i|^2 `[B1]`."""
     common.check_rank(anchor, "anchor", 2, "[batch, d]")
-    common.check_rank(others, "others", 3, "[batch, k - 1, d]")
+    common.check_others(others)
     common.check_same_width(anchor, others, "`anchor` and `others`")
     anchor, _, _, anchor_gram = common.unit_and_inverse_norm(common.as_compute(anchor))
     others = common.l2_normalize(others)

@@ -45,8 +45,9 @@ def gram_contrastive_loss(
       The scalar mean loss (float32).
     """
     common.check_rank(anchor, "anchor", 2, "[batch, d]")
-    common.check_rank(others, "others", 3, "[batch, k - 1, d]")
+    common.check_others(others)
     common.check_same_width(anchor, others, "`anchor` and `others`")
+    common.check_batch(anchor, "anchor")
     if anchor.shape[0] != others.shape[0]:
         raise ValueError(
             f"`anchor` and `others` must hold the same instances; got batch {anchor.shape[0]} and {others.shape[0]}"

@@ -36,6 +36,7 @@ def infonce_loss(
     """
     if jnp.shape(a)[:1] != jnp.shape(b)[:1]:
         raise ValueError(f"`a` and `b` must hold the same instances; got shapes {jnp.shape(a)} and {jnp.shape(b)}")
+    common.check_batch(a, "a")
     common.check_temperature(temperature)
     common.check_label_smoothing(label_smoothing)
     return common.symmetric_cross_entropy(cosine_matrix(a, b) / temperature, label_smoothing)
@@ -53,6 +54,7 @@ def anchored_infonce_loss(x: jax.Array, *, temperature: float | jax.Array, ancho
       anchor: index of the anchor modality on axis 1.
     """
     common.check_modalities(x, "x", min_k=2)
+    common.check_batch(x, "x")
     k = x.shape[1]
     if not 0 <= anchor < k:
         raise ValueError(f"`anchor` must index one of the k={k} modalities; got {anchor}")
@@ -70,6 +72,7 @@ def all_pairs_infonce_loss(x: jax.Array, *, temperature: float | jax.Array) -> j
       temperature: tau > 0.
     """
     common.check_modalities(x, "x", min_k=2)
+    common.check_batch(x, "x")
     common.check_temperature(temperature)
     pairs = list(itertools.combinations(range(x.shape[1]), 2))
     return sum(infonce_loss(x[:, m], x[:, n], temperature=temperature) for m, n in pairs) / len(pairs)

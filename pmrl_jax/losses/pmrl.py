@@ -28,6 +28,7 @@ def _regularization(directions: jax.Array, temperature) -> jax.Array:
 
 def _check(x, temperatures):
     common.check_modalities(x, "x", min_k=2)
+    common.check_batch(x, "x")
     for name, value in temperatures.items():
         common.check_temperature(value, name)
 

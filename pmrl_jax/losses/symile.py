@@ -40,6 +40,7 @@ def symile_loss(x: jax.Array, *, temperature: float | jax.Array) -> jax.Array:
       temperature: tau > 0.
     """
     common.check_modalities(x, "x", min_k=2)
+    common.check_batch(x, "x")
     common.check_temperature(temperature)
     x = common.l2_normalize(x)
     k = x.shape[1]

@@ -63,6 +63,7 @@ def triangle_contrastive_loss(
         raise ValueError(
             f"`anchor` and `others` must hold the same instances; got shapes {jnp.shape(anchor)} and {jnp.shape(others)}"
         )
+    common.check_batch(anchor, "anchor")
     common.check_temperature(temperature)
     common.check_label_smoothing(label_smoothing)
     logits = -_doubled_squared_area(anchor, others) / temperature
