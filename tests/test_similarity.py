@@ -90,3 +90,14 @@ def test_measures_jit_and_differentiate(name):
     fn = L.get_similarity(name)
     grad = jax.jit(jax.grad(lambda x: jnp.sum(fn(x[:, :1], x[:, 1:]))))(x)
     assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("name", ["cosine", "volume", "sigma1", "area", "mip"])
+def test_an_empty_set_of_rows_is_an_error(name):
+    """A set query of no modality gave NaN (cosine) or scored the other side alone."""
+    x = np.random.default_rng(0).normal(size=(4, 3, 8)).astype(np.float32)
+    measure = L.get_similarity(name)
+    with pytest.raises(ValueError, match=r"`queries` holds empty sets \(shape \(4, 0, 8\)\)"):
+        measure(x[:, :0], x[:, 1:])
+    with pytest.raises(ValueError, match=r"`candidates` holds empty sets"):
+        measure(x[:, 1:], x[:, :0])

@@ -65,6 +65,17 @@ def check_others(others: jax.Array) -> None:
         raise ValueError(f"`others` holds no modality besides the anchor (shape {others.shape}); k - 1 must be >= 1")
 
 
+def check_sets(queries: jax.Array, candidates: jax.Array) -> None:
+    """Queries `[B1, q, d]` and candidates `[B2, c, d]` of a similarity measure: sets of
+    q, c >= 1 rows (an empty set gave NaN or a score of the other side alone)."""
+    check_rank(queries, "queries", 3, "[batch, q, d]")
+    check_rank(candidates, "candidates", 3, "[batch, c, d]")
+    check_same_width(queries, candidates, "`queries` and `candidates`")
+    for name, x in (("queries", queries), ("candidates", candidates)):
+        if x.shape[1] == 0:
+            raise ValueError(f"`{name}` holds empty sets (shape {x.shape}); each needs at least one row on axis 1")
+
+
 def check_batch(x: jax.Array, name: str) -> None:
     """A batch loss is a mean over instances: an empty batch would give NaN."""
     if jnp.shape(x)[0] == 0:

@@ -28,12 +28,6 @@ from pmrl_jax.losses.triangle import triangle_area_matrix
 Similarity = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _check_sets(queries: jax.Array, candidates: jax.Array) -> None:
-    common.check_rank(queries, "queries", 3, "[batch, q, d]")
-    common.check_rank(candidates, "candidates", 3, "[batch, c, d]")
-    common.check_same_width(queries, candidates, "`queries` and `candidates`")
-
-
 def _pairwise_gram(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     """Gram matrix of (query i rows, candidate j rows) for every pair: `[B1, B2, q+c, q+c]`.
     Memory O(B1 B2 (q + c)^2): meant for evaluation blocks."""
@@ -50,14 +44,14 @@ def _pairwise_gram(queries: jax.Array, candidates: jax.Array) -> jax.Array:
 
 
 def cosine_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
-    _check_sets(queries, candidates)
+    common.check_sets(queries, candidates)
     query_mean = jnp.mean(common.l2_normalize(queries), axis=1)
     candidate_mean = jnp.mean(common.l2_normalize(candidates), axis=1)
     return common.l2_normalize(query_mean) @ common.l2_normalize(candidate_mean).T
 
 
 def volume_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
-    _check_sets(queries, candidates)
+    common.check_sets(queries, candidates)
     if queries.shape[1] == 1:
         return -volume_matrix(queries[:, 0], candidates)
     if candidates.shape[1] == 1:
@@ -67,13 +61,13 @@ def volume_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
 
 
 def sigma1_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
-    _check_sets(queries, candidates)
+    common.check_sets(queries, candidates)
     eigenvalues, _ = gram_spectrum(_pairwise_gram(queries, candidates))
     return jnp.sqrt(jnp.maximum(eigenvalues[..., 0], 0.0))
 
 
 def area_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
-    _check_sets(queries, candidates)
+    common.check_sets(queries, candidates)
     q, c = queries.shape[1], candidates.shape[1]
     if (q, c) == (1, 2):
         return -triangle_area_matrix(queries[:, 0], candidates)
@@ -83,7 +77,7 @@ def area_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
 
 
 def mip_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
-    _check_sets(queries, candidates)
+    common.check_sets(queries, candidates)
     return mip_matrix(queries, candidates)
 
 

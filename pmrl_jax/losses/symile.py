@@ -15,9 +15,7 @@ def mip_matrix(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     all rows splits into (prod of query rows) . (prod of candidate rows) this is one
     matmul. With q = c = 1 it is the cosine similarity.
     """
-    common.check_rank(queries, "queries", 3, "[batch, q, d]")
-    common.check_rank(candidates, "candidates", 3, "[batch, c, d]")
-    common.check_same_width(queries, candidates, "`queries` and `candidates`")
+    common.check_sets(queries, candidates)
     query_product = jnp.prod(common.l2_normalize(queries), axis=1)
     candidate_product = jnp.prod(common.l2_normalize(candidates), axis=1)
     return query_product @ candidate_product.T
