@@ -199,6 +199,16 @@ def test_volume_matrix_shape_errors():
         L.volume_matrix(jnp.zeros((4, 8)), jnp.zeros((4, 2, 7)))
 
 
+def test_functions_of_rows_need_at_least_one_row():
+    """k = 0 rows failed inside jnp.stack ('Need at least one array to stack')."""
+    empty = jnp.zeros((4, 0, 8))
+    with pytest.raises(ValueError, match=r"gram_volume needs rows \[..., k, d\] with k >= 1; got shape \(4, 0, 8\)"):
+        L.gram_volume(empty)
+    for fn in (L.singular_values, L.leading_direction):
+        with pytest.raises(ValueError, match=r"with k >= 1; got shape \(4, 0, 8\)"):
+            fn(empty)
+
+
 @pytest.mark.parametrize("k", [2, 3, 4, 8])
 def test_gram_volume_gradient_matches_naive_and_finite_differences(k):
     with jax.enable_x64(True):

@@ -148,8 +148,8 @@ def gram_volume(x: jax.Array) -> jax.Array:
     norms, by Hadamard's inequality det G <= prod_i |v_i|^2).
     """
     x = common.as_compute(x)
-    if x.ndim < 2:
-        raise ValueError(f"gram_volume needs rows [..., k, d]; got shape {x.shape}")
+    if x.ndim < 2 or x.shape[-2] == 0:
+        raise ValueError(f"gram_volume needs rows [..., k, d] with k >= 1; got shape {x.shape}")
     k, d = x.shape[-2:]
     if k > d:
         # More rows than dimensions are always dependent.

@@ -80,8 +80,8 @@ def spectrum(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(singular values [..., k] descending, leading direction [..., d]) of raw rows,
     from a single eigen-decomposition."""
     x = common.as_compute(x)
-    if x.ndim < 2:
-        raise ValueError(f"expected rows [..., k, d]; got shape {x.shape}")
+    if x.ndim < 2 or x.shape[-2] == 0:
+        raise ValueError(f"expected rows [..., k, d] with k >= 1; got shape {x.shape}")
     eigenvalues, leading_vector = gram_spectrum(gram_matrix(x))
     trace = jax.lax.stop_gradient(jnp.sum(eigenvalues, axis=-1, keepdims=True))
     floor = common.SQRT_FLOOR * trace + jnp.finfo(x.dtype).tiny
