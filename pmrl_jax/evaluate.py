@@ -75,6 +75,8 @@ def ranks_of_diagonal(scores: np.ndarray) -> np.ndarray:
 
 
 def retrieval_metrics(ranks: np.ndarray) -> dict[str, float]:
+    if np.size(ranks) == 0:
+        raise ValueError("retrieval_metrics needs the rank of at least one query; got none")
     metrics = {f"R@{k}": float(np.mean(ranks <= k)) for k in RECALL_AT}
     metrics["MedR"] = float(np.median(ranks))
     metrics["MnR"] = float(np.mean(ranks))
@@ -83,6 +85,9 @@ def retrieval_metrics(ranks: np.ndarray) -> dict[str, float]:
 
 def any_to_any_retrieval(embeddings: np.ndarray, modalities: Sequence[str], similarity: str = "cosine"):
     """{"q->c": metrics} for every ordered pair, and "mean" over them."""
+    if np.ndim(embeddings) != 3 or np.shape(embeddings)[1] != len(modalities):
+        raise ValueError(f"`embeddings` must be [N, k, d] with k = len(modalities) = {len(modalities)}; "
+                         f"got shape {np.shape(embeddings)}")
     measure = jax.jit(L.get_similarity(similarity))
     table = {}
     for q, c in itertools.permutations(range(len(modalities)), 2):

@@ -47,3 +47,14 @@ def test_any_to_any_covers_every_ordered_pair_and_perfect_embeddings_score_one()
     assert evaluate.any_to_any_retrieval(flipped, ["a", "b", "c"])["a->b"]["MedR"] == 50.0
     # the volume measure is sign-blind, as GRAM's geometry is
     assert evaluate.any_to_any_retrieval(flipped, ["a", "b", "c"], "volume")["a->b"]["R@1"] == 1.0
+
+
+def test_retrieval_helpers_name_bad_input():
+    """Three modalities named as two scored only the first two, silently; no ranks gave NaN."""
+    z = np.zeros((5, 3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"k = len\(modalities\) = 2; got shape \(5, 3, 4\)"):
+        evaluate.any_to_any_retrieval(z, ["a", "b"])
+    with pytest.raises(ValueError, match="got shape \\(5, 4\\)"):
+        evaluate.any_to_any_retrieval(z[:, 0], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="at least one query"):
+        evaluate.retrieval_metrics(np.zeros((0,), np.int64))
