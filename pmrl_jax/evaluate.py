@@ -69,6 +69,9 @@ def embed_split(trainer, state, source, *, batch_size: int, noise: float = 0.0, 
 def ranks_of_diagonal(scores: np.ndarray) -> np.ndarray:
     """1-based rank of candidate i for query i, ties counted against the model."""
     scores = np.asarray(scores, np.float64)
+    if scores.ndim != 2 or scores.shape[1] < scores.shape[0]:
+        raise ValueError("`scores` must be [queries, candidates] with at least as many candidates as queries "
+                         f"(query i's positive is candidate i); got shape {scores.shape}")
     positive = np.diagonal(scores)[:, None]
     at_least_as_good = (scores >= positive).sum(axis=1)  # includes the positive itself
     return at_least_as_good.astype(np.int64)

@@ -58,3 +58,6 @@ def test_retrieval_helpers_name_bad_input():
         evaluate.any_to_any_retrieval(z[:, 0], ["a", "b", "c"])
     with pytest.raises(ValueError, match="at least one query"):
         evaluate.retrieval_metrics(np.zeros((0,), np.int64))
+    with pytest.raises(ValueError, match=r"positive is candidate i\); got shape \(4, 3\)"):
+        evaluate.ranks_of_diagonal(np.ones((4, 3)))
+    assert list(evaluate.ranks_of_diagonal(np.eye(3, 5))) == [1, 1, 1]
