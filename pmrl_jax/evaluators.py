@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 
 from pmrl_jax import evaluate as ev
-from pmrl_jax.configs import ConfigError
 from pmrl_jax import scoring
+from pmrl_jax.configs import ConfigError
 
 
 @dataclasses.dataclass
@@ -78,7 +78,7 @@ def parse_set_query(text: str, modalities: Sequence[str]) -> tuple[list[str], li
     unknown = [m for side in sides for m in side if m not in modalities]
     if not arrow or unknown or not all(sides[0]) or not all(sides[1]) or set(sides[0]) & set(sides[1]):
         raise ConfigError(f"config.eval.set_queries entry {text!r}: expected 'a+b->c+d' over the disjoint modalities "
-                         f"of {list(modalities)}{f'; unknown {unknown}' if unknown else ''}")
+                          f"of {list(modalities)}{f'; unknown {unknown}' if unknown else ''}")
     return sides[0], sides[1]
 
 
@@ -228,7 +228,7 @@ class Classification:
         template = read_batch(context.source(context.split), np.zeros(1, np.int64))
         if inputs.shape != (len(classes),) + template[modality].shape[1:]:
             raise ConfigError(f"config.eval.class_descriptions={path!r} holds {inputs.shape}; expected one "
-                             f"{modality!r} input per class: {(len(classes),) + template[modality].shape[1:]}")
+                              f"{modality!r} input per class: {(len(classes),) + template[modality].shape[1:]}")
         arrays = {m: np.zeros((len(classes),) + template[m].shape[1:], template[m].dtype) for m in modalities}
         arrays[modality] = inputs.astype(template[modality].dtype)
         described = ev.embed_split(context.trainer, context.state, ArraySource(arrays),
@@ -296,7 +296,7 @@ def check_evals(config: ml_collections.ConfigDict) -> None:
         parse_set_query(text, list(config.data.modalities))
     if config.eval.rerank_top_k < 1 or config.eval.tile < 1:
         raise ConfigError(f"config.eval.rerank_top_k={config.eval.rerank_top_k} and config.eval.tile="
-                         f"{config.eval.tile} must be >= 1")
+                          f"{config.eval.tile} must be >= 1")
 
 
 def run_evaluators(context: EvalContext) -> dict:

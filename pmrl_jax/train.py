@@ -110,7 +110,7 @@ def check_loss(name: str, num_modalities: int, field: str = "config.loss.name") 
     if num_modalities < spec.min_modalities or (spec.max_modalities and num_modalities > spec.max_modalities):
         wanted = spec.min_modalities if spec.max_modalities == spec.min_modalities else f">= {spec.min_modalities}"
         raise ConfigError(f"{field}={name!r} needs k = {wanted} modalities; config.data.modalities has "
-                         f"{num_modalities}")
+                          f"{num_modalities}")
     return spec
 
 
@@ -121,7 +121,7 @@ def encoder_options(config: ml_collections.ConfigDict) -> dict[str, dict]:
     unknown = set(config.model.encoders) - set(config.data.modalities)
     if unknown:
         raise ConfigError(f"config.model.encoders names {sorted(unknown)}, which are not in config.data.modalities "
-                         f"{list(config.data.modalities)}")
+                          f"{list(config.data.modalities)}")
     options = {}
     for name in config.data.modalities:
         merged = config.model.encoder.to_dict()
@@ -368,18 +368,18 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
     missing = [m for m in modalities if m not in example_shapes]
     if missing:
         raise ConfigError(f"config.data.modalities names {missing}, which dataset {config.data.name!r} does not have; "
-                         f"it has {sorted(example_shapes)}")
+                          f"it has {sorted(example_shapes)}")
     unknown = [m for m in config.data.gaussian_noise_exclude if m not in example_shapes]
     if unknown:
         raise ConfigError(f"config.data.gaussian_noise_exclude names {unknown}, which dataset {config.data.name!r} "
-                         f"does not have; it has {sorted(example_shapes)}")
+                          f"does not have; it has {sorted(example_shapes)}")
     check_loss(config.loss.name, len(modalities))
     if config.warm_start.loss:
         check_loss(config.warm_start.loss, len(modalities), "config.warm_start.loss")
     for field, name in (("config.loss.name", config.loss.name), ("config.warm_start.loss", config.warm_start.loss)):
         if config.loss.blocked and name and not LOSSES[name].blockable:
             raise ConfigError(f"config.loss.blocked=True, but {field}={name!r} has no blocked form; blocked: "
-                             f"{', '.join(n for n, spec in LOSSES.items() if spec.blockable)}")
+                              f"{', '.join(n for n, spec in LOSSES.items() if spec.blockable)}")
     if not 0 <= config.loss.anchor < len(modalities):
         raise ConfigError(f"config.loss.anchor={config.loss.anchor} is not an index into {len(modalities)} modalities")
     if config.loss.similarity not in L.similarity_names():
@@ -389,7 +389,7 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
     temperature = config.model.temperature
     if not 0 < temperature.minimum <= temperature.initial <= temperature.maximum:
         raise ConfigError("config.model.temperature needs 0 < minimum <= initial <= maximum; got "
-                         f"{temperature.minimum}, {temperature.initial}, {temperature.maximum}")
+                          f"{temperature.minimum}, {temperature.initial}, {temperature.maximum}")
     for field in ("alignment_temperature", "regularization_temperature"):
         if config.loss[field] <= 0:
             raise ConfigError(f"config.loss.{field} must be > 0; got {config.loss[field]}")
@@ -403,10 +403,10 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
     devices = jax.device_count() if num_devices is None else num_devices
     if config.data.batch_size % devices or config.data.eval_batch_size % devices:
         raise ConfigError(f"config.data.batch_size={config.data.batch_size} and config.data.eval_batch_size="
-                         f"{config.data.eval_batch_size} must both be divisible by the {devices} devices")
+                          f"{config.data.eval_batch_size} must both be divisible by the {devices} devices")
     if config.data.batch_size % jax.process_count():
         raise ConfigError(f"config.data.batch_size={config.data.batch_size} is not divisible by the "
-                         f"{jax.process_count()} processes")
+                          f"{jax.process_count()} processes")
 
 
 # ---- checkpoints -----------------------------------------------------------------------
@@ -613,9 +613,9 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
         if old != new:
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"workdir {workdir!r} holds a run whose config.{section} differs from this one in "
-                             f"{', '.join(f'config.{section}.{k}' for k in changed)} (was "
-                             f"{ {k: old.get(k) for k in changed} }, now { {k: new.get(k) for k in changed} }); "
-                             f"use another --workdir")
+                              f"{', '.join(f'config.{section}.{k}' for k in changed)} (was "
+                              f"{ {k: old.get(k) for k in changed} }, now { {k: new.get(k) for k in changed} }); "
+                              f"use another --workdir")
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
