@@ -54,7 +54,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arguments import positive_int  # noqa: E402
 from pmrl_jax import losses as L  # noqa: E402
-from pmrl_jax.losses.common import transpose_by_tiles  # noqa: E402
+from pmrl_jax.losses.common import transpose_by_column_blocks  # noqa: E402
 
 D = 512
 TAU = 0.07
@@ -113,7 +113,7 @@ def full_svd_forward(x):
 
 def three_products(lhs, rhs):
     scores = lhs @ rhs.T
-    return scores @ rhs, jax.lax.optimization_barrier(transpose_by_tiles(scores)) @ lhs
+    return scores @ rhs, jax.lax.optimization_barrier(transpose_by_column_blocks(scores)) @ lhs
 
 
 def measure(functions, repeats):

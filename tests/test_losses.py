@@ -189,13 +189,13 @@ def test_fixed_shift_cross_entropy_matches_the_max_shifted_one(temperature):
     np.testing.assert_allclose(grad, ref_grad, rtol=2e-4, atol=1e-6 * np.abs(ref_grad).max())
 
 
-@pytest.mark.parametrize("shape", [(256, 512), (24, 40), (96, 64), (8, 8), (7, 5), (1, 16), (16, 12)])
-def test_transpose_by_tiles_is_the_transpose(shape):
-    """GRAM's materialised w^T: tiles of 128, 8, 32 and 8 rows, and the plain `.T` when no
-    tile size divides both sides; every entry distinct, so a misplaced one shows."""
+@pytest.mark.parametrize("shape", [(256, 512), (24, 40), (5, 96), (8, 8), (7, 5), (16, 1), (16, 12)])
+def test_transpose_by_column_blocks_is_the_transpose(shape):
+    """GRAM's materialised w^T: column blocks of 128, 8, 32 and 8, and the plain `.T` when no
+    block width divides the columns; every entry distinct, so a misplaced one shows."""
     matrix = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    np.testing.assert_array_equal(L.common.transpose_by_tiles(matrix), matrix.T)
-    np.testing.assert_array_equal(jax.jit(L.common.transpose_by_tiles)(matrix), matrix.T)
+    np.testing.assert_array_equal(L.common.transpose_by_column_blocks(matrix), matrix.T)
+    np.testing.assert_array_equal(jax.jit(L.common.transpose_by_column_blocks)(matrix), matrix.T)
 
 
 @pytest.mark.parametrize("traced", [False, True])

@@ -193,24 +193,25 @@ def symmetric_cross_entropy_and_gradient(logits, label_smoothing):
     return loss, _symmetric_cross_entropy_gradient(softmaxes, label_smoothing)
 
 
-# Largest |logit - shift| for which `scaled_symmetric_cross_entropy_and_gradient`
-# is exact to rounding: exp(-60) ~ 1e-26 is far from float32's subnormals (1.2e-38) and
-# B * exp(60) ~ B * 1e26 from its overflow (3.4e38) for any B below 10^12.
-def transpose_by_tiles(matrix: jax.Array, tiles: tuple[int, ...] = (128, 64, 32, 16, 8)) -> jax.Array:
-    """`matrix.T` `[n, m] -> [m, n]`, written as a 4-d transpose of square tiles when a
-    tile size divides both sides (else plain `.T`): the same values, for a transpose that
-    is materialised (e.g. behind `optimization_barrier`). XLA:CPU copies the tiled form in
-    one pass; a 2-d `.T` of [n, 2n] (n = 512, 1024) there ran 1.5x-1.7x as long on jax
-    0.10.2 and 1.9x-2.1x on jax 0.12, whose layout assignment splits it into a transpose
-    and a copy (`python benchmarks/transpose.py` prints the ratio)."""
+def transpose_by_column_blocks(matrix: jax.Array, blocks: tuple[int, ...] = (128, 64, 32, 16, 8)) -> jax.Array:
+    """`matrix.T` `[n, m] -> [m, n]`, written as the 3-d transpose `[n, m / b, b] ->
+    [m / b, b, n]` for the first block width b that divides m (else plain `.T`): the same
+    values, for a transpose that is materialised (e.g. behind `optimization_barrier`).
+    XLA:CPU copies that form in one pass; a 2-d `.T` of [n, 2n] (n = 512, 1024) ran 1.5x-1.7x
+    as long on jax 0.10.2 and 1.9x-2.1x on jax 0.12, whose layout assignment splits it into a
+    transpose and a copy (`python benchmarks/transpose.py` prints the ratio). Only the
+    columns are split, so a row (batch) sharding carries through the reshape whatever the
+    rows per device."""
     rows, columns = matrix.shape
-    for tile in tiles:
-        if rows % tile == 0 and columns % tile == 0:
-            blocks = matrix.reshape(rows // tile, tile, columns // tile, tile)
-            return blocks.transpose(2, 3, 0, 1).reshape(columns, rows)
+    for block in blocks:
+        if columns % block == 0:
+            return matrix.reshape(rows, columns // block, block).transpose(1, 2, 0).reshape(columns, rows)
     return matrix.T
 
 
+# Largest |logit - shift| for which `scaled_symmetric_cross_entropy_and_gradient`
+# is exact to rounding: exp(-60) ~ 1e-26 is far from float32's subnormals (1.2e-38) and
+# B * exp(60) ~ B * 1e26 from its overflow (3.4e38) for any B below 10^12.
 FIXED_SHIFT_LIMIT = 60.0
 
 

@@ -164,8 +164,8 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
     anchor_grad = -sum(w @ m for w, m in zip(weighted, mixed, strict=True))
     # w^T anchor from a materialised w^T: XLA:CPU gives a product contracting both
     # operands' first axis to Eigen, ~25% slower than YNNPACK's standard product. By tiles:
-    # a plain `.T` costs 1.5x-2x as much here (see `common.transpose_by_tiles`).
-    projected = [jax.lax.optimization_barrier(common.transpose_by_tiles(w)) @ anchor for w in weighted]
+    # a plain `.T` costs 1.5x-2x as much here (see `common.transpose_by_column_blocks`).
+    projected = [jax.lax.optimization_barrier(common.transpose_by_column_blocks(w)) @ anchor for w in weighted]
     # <p_a,j, m_b,j> = sum_i g_ij c_a,ij c_b,ij is symmetric in a, b.
     adjugate_grad = -_symmetric_row_dots(projected, modalities)
     # sum_i g_ij s_i as a vector-matrix product, one pass over [B1, B2] (as a reduction of
