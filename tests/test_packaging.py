@@ -15,36 +15,36 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def declared_lower_bounds() -> dict[str, Version]:
-  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-  bounds = {}
-  for line in project["dependencies"]:
-    requirement = Requirement(line)
-    lower = [s.version for s in requirement.specifier if s.operator == ">="]
-    assert len(lower) == 1, f"{line!r}: every dependency needs exactly one '>=' bound"
-    bounds[canonicalize_name(requirement.name)] = Version(lower[0])
-  return bounds
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    bounds = {}
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        lower = [s.version for s in requirement.specifier if s.operator == ">="]
+        assert len(lower) == 1, f"{line!r}: every dependency needs exactly one '>=' bound"
+        bounds[canonicalize_name(requirement.name)] = Version(lower[0])
+    return bounds
 
 
 def pinned_versions() -> dict[str, Version]:
-  pins = {}
-  for number, raw in enumerate(
-      (ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines(), start=1):
-    line = raw.split("#", 1)[0].strip()
-    if not line:
-      continue
-    requirement = Requirement(line)
-    specifiers = list(requirement.specifier)
-    assert len(specifiers) == 1 and specifiers[0].operator == "==", (
-        f"minimum-versions.txt line {number}: expected 'name==version', got {raw!r}")
-    pins[canonicalize_name(requirement.name)] = Version(specifiers[0].version)
-  return pins
+    pins = {}
+    for number, raw in enumerate(
+            (ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        specifiers = list(requirement.specifier)
+        assert len(specifiers) == 1 and specifiers[0].operator == "==", (
+                f"minimum-versions.txt line {number}: expected 'name==version', got {raw!r}")
+        pins[canonicalize_name(requirement.name)] = Version(specifiers[0].version)
+    return pins
 
 
 def test_every_declared_lower_bound_is_pinned_at_that_version():
-  declared, pinned = declared_lower_bounds(), pinned_versions()
-  assert declared, "pyproject.toml declares no dependency"
-  mismatched = {name: (str(bound), str(pinned.get(name)))
-                for name, bound in declared.items() if pinned.get(name) != bound}
-  assert not mismatched, f"(pyproject bound, pin) differ: {mismatched}"
-  assert set(pinned) == set(declared), (
-      f"pinned but not declared: {sorted(set(pinned) - set(declared))}")
+    declared, pinned = declared_lower_bounds(), pinned_versions()
+    assert declared, "pyproject.toml declares no dependency"
+    mismatched = {name: (str(bound), str(pinned.get(name)))
+                                for name, bound in declared.items() if pinned.get(name) != bound}
+    assert not mismatched, f"(pyproject bound, pin) differ: {mismatched}"
+    assert set(pinned) == set(declared), (
+            f"pinned but not declared: {sorted(set(pinned) - set(declared))}")

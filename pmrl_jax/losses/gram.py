@@ -163,8 +163,8 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
     mixed = [sum(symmetric[:, a, b, None] * modalities[a] for a in range(n)) for b in range(n)]
     anchor_grad = -sum(w @ m for w, m in zip(weighted, mixed, strict=True))
     # w^T anchor from a materialised w^T: XLA:CPU gives a product contracting both
-    # operands' first axis to Eigen, ~25% slower than YNNPACK's standard product. By tiles:
-    # a plain `.T` costs 1.5x-2x as much here (see `common.transpose_by_column_blocks`).
+    # operands' first axis to Eigen, ~25% slower than YNNPACK's standard product. In column
+    # blocks: a plain `.T` costs 1.4x-2.2x as much here (see `common.transpose_by_column_blocks`).
     projected = [jax.lax.optimization_barrier(common.transpose_by_column_blocks(w)) @ anchor for w in weighted]
     # <p_a,j, m_b,j> = sum_i g_ij c_a,ij c_b,ij is symmetric in a, b.
     adjugate_grad = -_symmetric_row_dots(projected, modalities)
