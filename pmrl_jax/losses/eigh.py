@@ -64,9 +64,10 @@ def _cyclic_jacobi(matrix: jax.Array, sweeps: int) -> tuple[jax.Array, jax.Array
     k x k matmuls run as one tiny matmul per instance on CPU). jit-compiled on its own
     so that eager calls reuse one compiled loop per shape."""
     n = matrix.shape[-1]
-    batch_shape = matrix.shape[:-2]
     upper = tuple(0.5 * (matrix[..., i, j] + matrix[..., j, i]) for i in range(n) for j in range(i, n))
-    ones, zeros = jnp.ones(batch_shape, matrix.dtype), jnp.zeros(batch_shape, matrix.dtype)
+    # Built like the entries (not from the batch shape) so that they carry the batch's sharding:
+    # under a mesh with Explicit axes the loop's carry must keep one type.
+    ones, zeros = jnp.ones_like(upper[0]), jnp.zeros_like(upper[0])
     vectors = tuple(ones if i == j else zeros for i in range(n) for j in range(n))
     flat = {}
     position = 0
