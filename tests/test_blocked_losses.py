@@ -54,6 +54,20 @@ def test_blocked_loss_equals_unblocked_value_and_gradient(name, devices):
     assert np.all(np.abs(np.asarray(grads[0])).sum(axis=(1, 2)) > 0)  # every instance gets a gradient
 
 
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_blocked_loss_on_an_explicit_mesh(name):
+    """`jax.make_mesh`'s default Explicit axes: the ring runs under shard_map as on Auto."""
+    x, temperature, (expected_value, expected_grads) = _unblocked(name)
+    ring = PAIRS[name][1]
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    with jax.set_mesh(mesh):
+        x_sharded = jax.device_put(x, jax.sharding.PartitionSpec("data"))
+        value, grads = jax.jit(jax.value_and_grad(ring, argnums=(0, 1)))(x_sharded, temperature)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    np.testing.assert_allclose(grads[0], expected_grads[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads[1], expected_grads[1], rtol=1e-5)
+
 def test_blocked_losses_need_a_mesh_and_a_divisible_batch():
     x = jnp.ones((6, 2, 4))
     with pytest.raises(ValueError, match="jax.set_mesh"):

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from pmrl_jax.losses import common
+from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
 from pmrl_jax.losses.eigh import symmetric_eigh
 
 
@@ -161,6 +162,7 @@ def gram_volume(x: jax.Array) -> jax.Array:
     return common.safe_sqrt(determinant, floor)
 
 
+@runs_in_auto_axes("rows")
 def volume_matrix(anchor: jax.Array, others: jax.Array) -> jax.Array:
     """GRAM's score: V[i, j] = Vol(a_i, m1_j, ..., m{k-1}_j) on L2-normalised rows.
 

@@ -9,9 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from pmrl_jax.losses import common
+from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
 from pmrl_jax.losses.geometry import pair_determinant, symmetric_adjugate, symmetric_determinant
 
 
+@runs_in_auto_axes("scalar")
 def gram_contrastive_loss(
     anchor: jax.Array,
     others: jax.Array,

@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 
 from pmrl_jax.losses import common
+from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
 
 
+@runs_in_auto_axes("rows")
 def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
     """S[i, j] = <a_i, b_j> / (|a_i| |b_j|): `[B1, d], [B2, d] -> [B1, B2]`."""
     common.check_rank(a, "a", 2, "[batch, d]")
@@ -18,6 +20,7 @@ def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
     return common.l2_normalize(a) @ common.l2_normalize(b).T
 
 
+@runs_in_auto_axes("scalar")
 def infonce_loss(
     a: jax.Array, b: jax.Array, *, temperature: float | jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
@@ -42,6 +45,7 @@ def infonce_loss(
     return common.symmetric_cross_entropy(cosine_matrix(a, b) / temperature, label_smoothing)
 
 
+@runs_in_auto_axes("scalar")
 def anchored_infonce_loss(x: jax.Array, *, temperature: float | jax.Array, anchor: int = 0) -> jax.Array:
     """Anchored InfoNCE (ImageBind / LanguageBind): L = sum_{m != anchor} InfoNCE(x_anchor, x_m).
 
@@ -64,6 +68,7 @@ def anchored_infonce_loss(x: jax.Array, *, temperature: float | jax.Array, ancho
     )
 
 
+@runs_in_auto_axes("scalar")
 def all_pairs_infonce_loss(x: jax.Array, *, temperature: float | jax.Array) -> jax.Array:
     """Mean of InfoNCE over all k (k - 1) / 2 unordered modality pairs.
 

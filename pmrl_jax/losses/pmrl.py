@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from pmrl_jax.losses import common
+from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
 from pmrl_jax.losses.spectral import spectrum
 
 
@@ -33,6 +34,7 @@ def _check(x, temperatures):
         common.check_temperature(value, name)
 
 
+@runs_in_auto_axes("scalar")
 def pmrl_alignment_loss(x: jax.Array, *, temperature: float | jax.Array = 0.05) -> jax.Array:
     """PMRL's alignment loss: the singular values of each instance as logits, target the largest.
 
@@ -57,6 +59,7 @@ def pmrl_alignment_loss(x: jax.Array, *, temperature: float | jax.Array = 0.05) 
     return _alignment(singular, temperature)
 
 
+@runs_in_auto_axes("scalar")
 def pmrl_regularization_loss(x: jax.Array, *, temperature: float | jax.Array = 0.1) -> jax.Array:
     """PMRL's instance-wise regulariser: repulsion between leading directions.
 
@@ -78,6 +81,7 @@ def pmrl_regularization_loss(x: jax.Array, *, temperature: float | jax.Array = 0
     return _regularization(directions, temperature)
 
 
+@runs_in_auto_axes("scalar")
 def pmrl_loss(
     x: jax.Array,
     *,

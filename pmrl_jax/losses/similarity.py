@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from pmrl_jax.losses import common
+from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
 from pmrl_jax.losses.geometry import symmetric_determinant, volume_matrix
 from pmrl_jax.losses.spectral import gram_spectrum
 from pmrl_jax.losses.symile import mip_matrix
@@ -43,6 +44,7 @@ def _pairwise_gram(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     return jnp.concatenate([top, bottom], -2)
 
 
+@runs_in_auto_axes("rows")
 def cosine_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     common.check_sets(queries, candidates)
     query_mean = jnp.mean(common.l2_normalize(queries), axis=1)
@@ -50,6 +52,7 @@ def cosine_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     return common.l2_normalize(query_mean) @ common.l2_normalize(candidate_mean).T
 
 
+@runs_in_auto_axes("rows")
 def volume_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     common.check_sets(queries, candidates)
     if queries.shape[1] == 1:
@@ -60,12 +63,14 @@ def volume_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     return -common.safe_sqrt(determinant, jnp.asarray(common.SQRT_FLOOR, determinant.dtype))
 
 
+@runs_in_auto_axes("rows")
 def sigma1_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     common.check_sets(queries, candidates)
     eigenvalues, _ = gram_spectrum(_pairwise_gram(queries, candidates))
     return jnp.sqrt(jnp.maximum(eigenvalues[..., 0], 0.0))
 
 
+@runs_in_auto_axes("rows")
 def area_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     common.check_sets(queries, candidates)
     q, c = queries.shape[1], candidates.shape[1]
@@ -76,6 +81,7 @@ def area_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     raise ValueError(f"the 'area' measure needs three rows in all (q + c = 3); got q={q}, c={c}")
 
 
+@runs_in_auto_axes("rows")
 def mip_similarity(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     common.check_sets(queries, candidates)
     return mip_matrix(queries, candidates)

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 
 from pmrl_jax.losses import common
+from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
 
 
+@runs_in_auto_axes("rows")
 def mip_matrix(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     """MIP[i, j] = sum_d prod_{rows r of query i and candidate j} r[d], on unit rows.
 
@@ -21,6 +23,7 @@ def mip_matrix(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     return query_product @ candidate_product.T
 
 
+@runs_in_auto_axes("scalar")
 def symile_loss(x: jax.Array, *, temperature: float | jax.Array) -> jax.Array:
     """Symile's loss: each modality in turn scored against candidates built from the others.
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from pmrl_jax.losses import common
+from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
 
 
 def _doubled_squared_area(anchor: jax.Array, others: jax.Array) -> jax.Array:
@@ -23,6 +24,7 @@ def _doubled_squared_area(anchor: jax.Array, others: jax.Array) -> jax.Array:
     return ((2.0 - 2.0 * x) * (2.0 - 2.0 * y) - (1.0 - x - y + z) ** 2) / 2.0
 
 
+@runs_in_auto_axes("rows")
 def triangle_area_matrix(anchor: jax.Array, others: jax.Array) -> jax.Array:
     """A[i, j] = area of the triangle with corners t_i, v_j, a_j (unit rows).
 
@@ -33,6 +35,7 @@ def triangle_area_matrix(anchor: jax.Array, others: jax.Array) -> jax.Array:
     return common.safe_sqrt(doubled / 2.0, jnp.asarray(common.SQRT_FLOOR, doubled.dtype))
 
 
+@runs_in_auto_axes("scalar")
 def triangle_contrastive_loss(
     anchor: jax.Array,
     others: jax.Array,
