@@ -8,6 +8,7 @@ import contextlib
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -131,6 +132,32 @@ def test_explicit_mesh_score_matrix_rows_follow_the_queries(name, mesh_shape):
         scores = jax.jit(score)(jax.device_put(x, P(batch_axes)))
     assert jax.typeof(scores).sharding.spec == P(batch_axes, None)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_registered_measure_runs_on_an_explicit_mesh(explicit_mesh, monkeypatch):
+    """A measure a user registers, written without a thought for sharding, is wrapped as
+    the built-in ones are: unwrapped, its [B1, B2] product of two batch-sharded operands
+    is an error on the Explicit mesh; registered, it equals the single-device scores and
+    its rows keep the queries' sharding. Off Explicit meshes it is called as it is."""
+    from pmrl_jax.losses import similarity
+
+    monkeypatch.setattr(similarity, "_SIMILARITIES", dict(similarity._SIMILARITIES))
+
+    def mean_dot(queries, candidates):
+        return jnp.mean(queries, axis=1) @ jnp.mean(candidates, axis=1).T
+
+    registered = L.register_similarity("mean_dot", mean_dot)
+    assert L.get_similarity("mean_dot") is registered
+    x = np.random.default_rng(3).normal(size=(32, 3, 24)).astype(np.float32)
+    expected = jax.jit(mean_dot)(x[:, :1], x[:, 1:])
+    with jax.set_mesh(explicit_mesh):
+        sharded = jax.device_put(x, P("data"))
+        with pytest.raises(Exception, match="illegally sharded result"):
+            jax.jit(mean_dot)(sharded[:, :1], sharded[:, 1:])
+        scores = jax.jit(registered)(sharded[:, :1], sharded[:, 1:])
+    assert jax.typeof(scores).sharding.spec == P("data", None)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert str(jax.make_jaxpr(registered)(x[:, :1], x[:, 1:])) == str(jax.make_jaxpr(mean_dot)(x[:, :1], x[:, 1:]))
 
 
 PER_INSTANCE = {

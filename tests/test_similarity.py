@@ -20,6 +20,11 @@ def test_registry_names_and_unknown_name():
         L.get_similarity("dot")
     with pytest.raises(ValueError, match="already registered"):
         L.register_similarity("cosine", L.get_similarity("cosine"))
+    with pytest.raises(ValueError, match="non-empty string"):
+        L.register_similarity("", L.get_similarity("cosine"))
+    with pytest.raises(TypeError, match="'dot' must be callable"):
+        L.register_similarity("dot", "not a function")
+    assert "dot" not in L.similarity_names()
 
 
 def test_single_row_measures():

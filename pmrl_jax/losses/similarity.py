@@ -109,8 +109,19 @@ def get_similarity(name: str) -> Similarity:
 
 
 def register_similarity(name: str, fn: Similarity) -> Similarity:
-    """Adds a measure (same signature, higher = more similar). Names cannot be reused."""
+    """Adds a measure (same signature, higher = more similar). Names cannot be reused.
+
+    The measure is registered, and returned, wrapped as the built-in ones are
+    (`runs_in_auto_axes("rows")`): on a mesh with Explicit axes its [B1, B2] products run
+    with those axes made Auto and its scores keep the queries' batch sharding on their
+    rows; elsewhere it is called as it is."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a similarity measure's name must be a non-empty string; got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"similarity measure {name!r} must be callable (queries, candidates) -> scores; got {fn!r}")
     if name in _SIMILARITIES:
         raise ValueError(f"similarity measure {name!r} is already registered")
+    if getattr(fn, "auto_axes_output", None) is None:
+        fn = runs_in_auto_axes("rows")(fn)
     _SIMILARITIES[name] = fn
     return fn
