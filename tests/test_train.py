@@ -4,6 +4,7 @@ another mesh."""
 
 import json
 import os
+import struct
 
 import jax
 import numpy as np
@@ -16,6 +17,25 @@ from pmrl_jax import sharding, train
 def _losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def _tensorboard_scalars(directory):
+    """{(tag, step): value} from the TensorBoard event files in `directory`, read as
+    TFRecords (u64 length, u32 crc, payload, u32 crc) of `Event` protos."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars[value.tag, event.step] = value.simple_value
+    return scalars
 
 
 def _smoke(name, **overrides):
@@ -41,7 +61,11 @@ def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in history)
     if name in ("gram", "pmrl"):  # the matching head is on, after the warm start
         assert "matching_loss" in history[-1]
-    assert os.listdir(tmp_path / "tensorboard")
+    scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+    for record in history:
+        for metric, value in record.items():
+            if metric != "step":
+                assert scalars[f"train/{metric}", record["step"]] == pytest.approx(value, rel=1e-6), metric
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
     with open(tmp_path / "results.json") as f:
         assert json.load(f)["evals"]["retrieval"]["any_to_any"]["mean"] == table["mean"]
