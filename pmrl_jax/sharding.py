@@ -30,6 +30,26 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
     return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
+def training_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    """A user's mesh, checked and made the trainer's kind: axes named `data` and `fsdp`
+    (in any order, of any sizes), all of type Auto.
+
+    A mesh with Explicit axes (`jax.make_mesh`'s default on current JAX) comes back as the
+    same devices and axis names with Auto axes: the training step leaves the collectives
+    to the compiler, and under Explicit axes its unannotated ops (the model's gathers, the
+    losses' products) fail at trace time."""
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if sorted(mesh.axis_names) != sorted(BATCH_AXES):
+        raise ValueError(
+            f"the training mesh needs exactly the axes {BATCH_AXES}, got {tuple(mesh.axis_names)}; build one with "
+            f"pmrl_jax.sharding.make_mesh(data, fsdp, devices) or jax.make_mesh(shape, {BATCH_AXES})"
+        )
+    if all(axis_type == AxisType.Auto for axis_type in mesh.axis_types):
+        return mesh
+    return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 

@@ -314,7 +314,10 @@ class Trainer:
 
 def make_trainer(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],
                  mesh: jax.sharding.Mesh | None = None) -> Trainer:
-    mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    """The trainer for `config` on `mesh` (default: `config.mesh` over every device); a
+    given mesh needs the axes `data` and `fsdp`, and runs with them as Auto axes
+    (`sharding.training_mesh`)."""
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp) if mesh is None else sharding.training_mesh(mesh)
     validate(config, example_shapes, mesh.size)
     shapes = {k: tuple(v) for k, v in example_shapes.items()}
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_training_objects(config, shapes)))

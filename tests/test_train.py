@@ -4,11 +4,13 @@ another mesh."""
 
 import json
 import os
+import re
 import struct
 
 import jax
 import numpy as np
 import pytest
+from jax.sharding import AxisType
 
 from configs_util import METHODS, load_config
 from pmrl_jax import sharding, train
@@ -116,6 +118,30 @@ def test_one_and_eight_devices_give_the_same_loss_curve(name, tmp_path):
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
     # Float32 reductions split over devices sum in another order: agreement to 1e-5 relative.
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+
+
+def test_a_mesh_with_explicit_axes_trains_as_its_auto_twin(tmp_path):
+    """`jax.make_mesh`'s default axis type on current JAX is Explicit, under which the step's
+    unannotated ops fail at trace time; the trainer runs such a mesh's devices and names as
+    Auto axes, so its curve is the Auto mesh's to the bit."""
+    config = _smoke("clip")
+    explicit = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Explicit,) * 2)
+    trainer = train.train(config, str(tmp_path / "explicit"), stop_at=2, mesh=explicit)[0]
+    train.train(config, str(tmp_path / "auto"), stop_at=2, mesh=sharding.make_mesh(data=4, fsdp=2))
+    assert trainer.mesh.axis_types == (AxisType.Auto,) * 2
+    assert trainer.mesh.axis_names == ("data", "fsdp") and (trainer.mesh.devices == explicit.devices).all()
+    assert [r["loss"] for r in _losses(tmp_path / "explicit")] == [r["loss"] for r in _losses(tmp_path / "auto")]
+
+
+def test_a_mesh_without_the_trainers_axes_is_refused_before_anything_is_written(tmp_path):
+    config = _smoke("clip")
+    for mesh, names in ((jax.make_mesh((8,), ("batch",), axis_types=(AxisType.Auto,)), "('batch',)"),
+                        (jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2), "('data', 'model')")):
+        with pytest.raises(ValueError, match=re.escape(f"needs exactly the axes ('data', 'fsdp'), got {names}")):
+            train.train(config, str(tmp_path / "run"), mesh=mesh)
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh, got tuple"):
+        train.train(config, str(tmp_path / "run"), mesh=(4, 2))
+    assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
