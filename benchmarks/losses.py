@@ -111,6 +111,20 @@ def full_svd_forward(x):
     return s, u[..., 0]
 
 
+def library_loss(method: str):
+    """The library's loss as every script here times it: jitted value and gradient of
+    `x` [B, k, d] (GRAM with modality 0 as the anchor)."""
+    if method == "gram":
+        return jax.jit(jax.value_and_grad(lambda x: L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=TAU)))
+    return jax.jit(jax.value_and_grad(L.pmrl_loss))
+
+
+@jax.jit
+def reference_matmul(lhs, rhs):
+    """lhs [B, d] x rhs^T, rhs [(k-1) B, d]: the product every GRAM score needs."""
+    return lhs @ rhs.T
+
+
 def three_products(lhs, rhs):
     scores = lhs @ rhs.T
     return scores @ rhs, jax.lax.optimization_barrier(transpose_by_column_blocks(scores)) @ lhs
@@ -180,15 +194,14 @@ def main():
                 x = jnp.asarray(rng.normal(size=(b, k, D)), jnp.float32)
                 lhs = jnp.asarray(rng.normal(size=(b, D)), jnp.float32)
                 rhs = jnp.asarray(rng.normal(size=((k - 1) * b, D)), jnp.float32)
+                library = library_loss(method)
                 if method == "gram":
-                    library = jax.jit(jax.value_and_grad(lambda x: L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=TAU)))
                     naive = jax.jit(jax.value_and_grad(lambda x: naive_gram_loss(x[:, 0], x[:, 1:])))
                 else:
-                    library = jax.jit(jax.value_and_grad(lambda x: L.pmrl_loss(x)))
                     naive = jax.jit(jax.value_and_grad(naive_pmrl_loss))
                 functions = {
                     "library": (library, (x,)),
-                    "matmul": (jax.jit(lambda a, o: a @ o.T), (lhs, rhs)),
+                    "matmul": (reference_matmul, (lhs, rhs)),
                     "floor": (jax.jit(jax.value_and_grad(lambda a, o: jnp.sum((a @ o.T) ** 2), argnums=(0, 1))), (lhs, rhs)),
                     "products": (jax.jit(three_products), (lhs, rhs)),
                 }

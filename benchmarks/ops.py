@@ -100,24 +100,16 @@ def main() -> None:
     import numpy as np
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from losses import TAU, best_and_median, host_description, measure
-    from pmrl_jax import losses as L
+    from losses import best_and_median, host_description, library_loss, measure, reference_matmul
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(args.batch, args.k, args.dim)), jnp.float32)
     lhs = jnp.asarray(rng.normal(size=(args.batch, args.dim)), jnp.float32)
-    rhs = jnp.asarray(rng.normal(size=(args.dim, (args.k - 1) * args.batch)), jnp.float32)
-    if args.loss == "gram":
-        loss = lambda x: L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=TAU)  # noqa: E731
-    else:
-        loss = L.pmrl_loss
-    library = jax.jit(jax.value_and_grad(loss))
-    matmul = jax.jit(jnp.matmul)
+    rhs = jnp.asarray(rng.normal(size=((args.k - 1) * args.batch, args.dim)), jnp.float32)
+    library = library_loss(args.loss)
     ops = program_ops(library.lower(x).compile().as_text())
-
-    times = best_and_median(measure({"library": (library, (x,)), "matmul": (matmul, (lhs, rhs))}, args.rounds))
-    for _ in range(3):
-        jax.block_until_ready(library(x))
+    # Compiled and warm after this.
+    times = best_and_median(measure({"library": (library, (x,)), "matmul": (reference_matmul, (lhs, rhs))}, args.rounds))
     with tempfile.TemporaryDirectory(prefix="pmrl_jax_ops_") as trace_dir:
         with jax.profiler.trace(trace_dir):
             start = time.perf_counter()

@@ -47,7 +47,7 @@ def training_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
         )
     if all(axis_type == AxisType.Auto for axis_type in mesh.axis_types):
         return mesh
-    return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    return mesh.update(axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
