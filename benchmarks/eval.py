@@ -1,4 +1,4 @@
-"""Time and memory of blocked, sharded retrieval scoring (pmrl_jax.scoring), in one run:
+"""Time and memory of blocked, sharded retrieval scoring (pmrl_jax.evaluation.ranking), in one run:
 
     python benchmarks/eval.py [--sizes 10000,100000] [--dim 128] [--tile 1024] [--devices 8]
 
@@ -36,9 +36,10 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from pmrl_jax import evaluate as ev
     from pmrl_jax import losses as L
-    from pmrl_jax import scoring, sharding
+    from pmrl_jax import sharding
+    from pmrl_jax.evaluation import ranking as scoring
+    from pmrl_jax.evaluation.metrics import retrieval_metrics
 
     mesh = sharding.make_mesh()
     print(f"jax {jax.__version__}, {mesh.size} {jax.default_backend()} devices, d={args.dim}, tile={args.tile}")
@@ -47,7 +48,7 @@ def main() -> None:
         z = np.random.default_rng(0).standard_normal((n, 3, args.dim)).astype(np.float32)
         start = time.perf_counter()
         for q, c in itertools.permutations(range(3), 2):
-            ev.retrieval_metrics(scoring.diagonal_ranks(z[:, [q]], z[:, [c]], "cosine", mesh, tile=args.tile))
+            retrieval_metrics(scoring.diagonal_ranks(z[:, [q]], z[:, [c]], "cosine", mesh, tile=args.tile))
         seconds = time.perf_counter() - start
 
         tile = min(args.tile, -(-n // mesh.size))

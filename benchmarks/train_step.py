@@ -26,6 +26,10 @@ sys.path.insert(0, str(ROOT))
 from arguments import names_from, positive_int  # noqa: E402
 from pmrl_jax import train  # noqa: E402
 from pmrl_jax.configs import load_config_file  # noqa: E402
+from pmrl_jax.data.pipeline import feature_statistics  # noqa: E402
+from pmrl_jax.objectives import objective_fn  # noqa: E402
+from pmrl_jax.resolve import prepare  # noqa: E402
+from pmrl_jax.trainer import make_trainer  # noqa: E402
 
 CONFIG_NAMES = sorted(path.stem for path in (ROOT / "configs").glob("*.py"))
 
@@ -47,16 +51,18 @@ def seconds(fn, repeats: int) -> float:
 
 
 def measure(name: str, config, repeats: int) -> None:
-    source = train.data_sources(config, ("train",))["train"]
-    trainer = train.make_trainer(config, train.example_shapes_of(source))
-    iterator = train.training_iterator(config, source)
+    prepared = prepare(config)
+    config, source = prepared.config, prepared.train
+    inputs = feature_statistics(source, config.data.modalities)
+    trainer = make_trainer(config, prepared.shapes, statistics=inputs)
+    iterator = train.training_iterator(config, source, inputs)
     loss_name = config.loss.name  # the final stage: the method's own objective
     step = trainer.step_fn(loss_name)
     batch = trainer.global_batch(next(iterator))
     key = jax.random.key(0)
     k, d, b = len(config.data.modalities), config.model.embed_dim, config.data.batch_size
-    loss_spec = train.LOSSES[loss_name]
-    loss_grad = jax.jit(jax.grad(lambda z: loss_spec.fn(z, 0.07, config.loss)), in_shardings=trainer.batch_sharding)
+    loss_fn = objective_fn(loss_name, config)
+    loss_grad = jax.jit(jax.grad(lambda z: loss_fn(z, 0.07)), in_shardings=trainer.batch_sharding)
     z = jax.device_put(jax.random.normal(key, (b, k, d)), trainer.batch_sharding)
     holder = {"state": trainer.init_state()}
 

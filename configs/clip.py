@@ -1,6 +1,6 @@
-"""Anchored InfoNCE (ImageBind / LanguageBind style): sum over m of InfoNCE(anchor, m),
-learnable temperature. The anchor is `pix` (index 4), the strongest view of the embedded
-data."""
+"""Anchored InfoNCE (ImageBind / LanguageBind style): the sum over the other modalities m
+of InfoNCE(anchor, m), learnable temperature. The anchor is the data's first modality
+(`pix` on the embedded data) unless `--config.loss.anchor` names one."""
 
 from pmrl_jax.configs import finalize, get_base_config
 
@@ -8,5 +8,4 @@ from pmrl_jax.configs import finalize, get_base_config
 def get_config(arg=None):
     config = get_base_config()
     config.loss.name = "clip"
-    config.loss.anchor = 4
     return finalize(config, arg)

@@ -5,7 +5,7 @@ the instance-wise repulsion of the sign-fixed leading directions over the global
 
 As in the paper, the final stage continues from an InfoNCE-pretrained model: the first
 `warm_start.steps` steps train with anchored InfoNCE, the rest with PMRL's objective.
-MATH.md section 3."""
+docs/math.md, section "PMRL"."""
 
 from pmrl_jax.configs import finalize, get_base_config
 
@@ -13,14 +13,12 @@ from pmrl_jax.configs import finalize, get_base_config
 def get_config(arg=None):
     config = get_base_config()
     config.loss.name = "pmrl"
-    config.loss.anchor = 4                 # the matching head's anchor
     config.loss.alignment_temperature = 0.05
     config.loss.regularization_temperature = 0.1
     config.loss.regularization_weight = 1.0
-    config.model.matching.enabled = True
+    config.model.matching.enabled = True   # anchored on config.loss.anchor
     config.warm_start.loss = "clip"
     config.warm_start.steps = 1400
     config.evals = config.evals + ("rerank",)
-    config.eval.set_queries = ("pix->fac+fou+kar+mor+zer", "fac+fou+kar+mor+zer->pix")
     config.eval.set_similarity = "sigma1"
     return finalize(config, arg)

@@ -1,6 +1,6 @@
 """Symile (Saporta et al., NeurIPS 2024): cross-entropy over the multilinear inner product
 sum_d prod_m x_m[d], each modality in turn scored against candidates built from the
-others; learnable temperature. MATH.md section 4."""
+others; learnable temperature. docs/math.md, section "Symile"."""
 
 from pmrl_jax.configs import finalize, get_base_config
 

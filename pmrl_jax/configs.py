@@ -1,10 +1,18 @@
 """The base every method config in `configs/` extends (it lives in the package so that
-config files written outside this repository can extend it too). Defaults follow MATH.md; sizes suit the
-embedded dataset (UCI Multiple Features: 1,400 train / 200 validation / 400 test digits,
-six views) on a 2-core CPU.
+config files written outside this repository can extend it too). Sizes suit the embedded
+dataset (UCI Multiple Features: 1,400 train / 200 validation / 400 test digits, six
+views) on a 2-core CPU.
+
+Fields left None are decided by the data when the run starts (`pmrl_jax.resolve`): the
+modalities (every one the dataset has), the anchor (the first of them), the set queries
+(the anchor against all the others, and back), the encoder (`adapter` for inputs that
+are already embeddings, `mlp` otherwise), the shared width and the input noise. The run
+prints what was chosen and saves the resolved config in its workdir.
 
 Any field can be overridden on the command line, e.g.
     python -m pmrl_jax.main --config=configs/gram.py --config.optimizer.learning_rate=3e-4
+    python -m pmrl_jax.main --config=configs/clip.py --config.data.name=features \\
+        --config.data.options.directory=DIR --config.loss.anchor=gloss
 and `--config=configs/<method>.py:smoke` gives a seconds-long run (tests, CI).
 """
 
@@ -12,14 +20,20 @@ import difflib
 import importlib.util
 import os
 
-from ml_collections import ConfigDict
-
-UCI_VIEWS = ("fac", "fou", "kar", "mor", "pix", "zer")
+from ml_collections import ConfigDict, config_dict
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run, found before anything is compiled or written; the
     message names the field. The main job reports it in one line."""
+
+
+def _data_options() -> ConfigDict:
+    """One field per option of every dataset (pmrl_jax.data.registry), all None: a
+    dataset takes its own and refuses another's."""
+    from pmrl_jax.data.registry import OPTION_TYPES
+
+    return ConfigDict({name: config_dict.placeholder(kind) for name, kind in OPTION_TYPES.items()})
 
 
 def get_base_config() -> ConfigDict:
@@ -36,32 +50,46 @@ def get_base_config() -> ConfigDict:
     config.nonfinite = "stop"
 
     config.data = ConfigDict()
-    config.data.name = "uci_multiple_features"
-    config.data.options = ConfigDict()             # passed to the dataset's builder (pmrl_jax.data.registry)
-    config.data.modalities = UCI_VIEWS             # the rows of each [B, k, d] embedding, in this order
+    config.data.name = "uci_multiple_features"     # see pmrl_jax.data.registry
+    config.data.options = _data_options()          # the dataset's options, e.g. options.directory
+    # The rows of each [B, k, d] embedding, in this order. None: every modality of the
+    # data (at most `num_modalities` of them, and at most what the loss takes, the anchor
+    # among them). A single comma-separated string is split ("gloss,lemmas").
+    config.data.modalities = config_dict.placeholder(tuple)
+    config.data.num_modalities = config_dict.placeholder(int)
     config.data.batch_size = 256                   # global: split over processes and devices
     config.data.eval_batch_size = 200
     config.data.eval_split = "test"
+    config.data.validation_split = "validation"    # model selection (config.eval.every); "" for none
     config.data.prefetch_threads = 2
-    # Gaussian noise on the standardised training inputs: its std, and the modalities left
-    # clean. On the validation split it lifts clip's mean any-to-any R@1 from 0.44 to 0.50;
-    # `mor` (6 features) is left clean, as noise at this level drowns it.
-    config.data.gaussian_noise = 0.5
-    config.data.gaussian_noise_exclude = ("mor",)
+    # Gaussian noise on the training inputs, as a multiple of each input feature's
+    # standard deviation on the train split; and the modalities left clean. None: the
+    # dataset's default (0.5 on the embedded data, but `mor`; 0 elsewhere).
+    config.data.gaussian_noise = config_dict.placeholder(float)
+    config.data.gaussian_noise_exclude = config_dict.placeholder(tuple)
     config.data.modality_dropout = 0.0             # probability a modality's input is zeroed in training
 
     config.model = ConfigDict()
     config.model.width = 512
-    config.model.embed_dim = 128
+    # The shared space's width. None: the inputs' width when every modality is an
+    # `adapter` of inputs of one width (so training starts from them), else 128.
+    config.model.embed_dim = config_dict.placeholder(int)
     config.model.dtype = "float32"                 # "bfloat16": bf16 compute, float32 parameters
-    config.model.encoder = ConfigDict(dict(kind="mlp", depth=1, dropout=0.0))  # default for every modality
+    # The default encoder of every modality (pmrl_jax.models.encoders). kind None: the
+    # dataset's default (`adapter` for `features`, else `mlp`). For `adapter`, depth is
+    # the number of hidden layers of its zero-initialised residual MLP (0: linear only).
+    config.model.encoder = ConfigDict(dict(kind=config_dict.placeholder(str), depth=1, dropout=0.0))
     config.model.encoders = ConfigDict()           # per-modality overrides: {modality: {kind, ...}}
+    # Standardise each feature-vector modality inside the model with its train-split mean
+    # and std (saved with the checkpoint). None: on for `mlp` encoders, off for `adapter`
+    # and for the embedded data (standardised by its loader).
+    config.model.standardize = config_dict.placeholder(bool)
     config.model.temperature = ConfigDict(dict(initial=0.07, minimum=0.01, maximum=1.0, learnable=True))
     config.model.matching = ConfigDict(dict(enabled=False, weight=0.1, width=128, heads=4, depth=1))
 
     config.loss = ConfigDict()
-    config.loss.name = "clip"                      # see pmrl_jax.train.LOSSES
-    config.loss.anchor = 0                         # index into data.modalities
+    config.loss.name = "clip"                      # see pmrl_jax.objectives
+    config.loss.anchor = config_dict.placeholder(str)  # a modality's name; None: the first modality
     config.loss.label_smoothing = 0.0
     config.loss.alignment_temperature = 0.05       # PMRL tau1
     config.loss.regularization_temperature = 0.1   # PMRL tau2
@@ -91,14 +119,21 @@ def get_base_config() -> ConfigDict:
     config.mesh.fsdp = 1
     config.mesh.fsdp_min_size = 2**18              # parameters with fewer elements stay replicated
 
-    # Evaluators run on data.eval_split after training and by --mode=eval (pmrl_jax.evaluators).
+    # Evaluators run on data.eval_split after training and by --mode=eval (pmrl_jax.evaluation).
     config.evals = ("retrieval", "classification", "robustness")   # and "rerank" (needs the matching head)
     config.eval = ConfigDict()
+    # Model selection: every `every` steps (and at the start of the final loss's stage),
+    # mean any-to-any R@1 on the validation split; the best step is kept as its own
+    # checkpoint and the final evaluation uses it. 0 turns it off (the last step is used).
+    config.eval.every = 100
+    config.eval.patience = 0                       # stop after this many evaluations without a better one; 0: never
     config.eval.similarity = "cosine"              # any-to-any retrieval measure (pmrl_jax.losses registry)
-    config.eval.set_queries = ()                   # e.g. ("pix->fac+kar", "fac+kar->pix")
+    # e.g. ("pix->fac+kar", "fac+kar->pix"). None: the anchor against all the other
+    # modalities, and back (k >= 3); () for none.
+    config.eval.set_queries = config_dict.placeholder(tuple)
     config.eval.set_similarity = "volume"          # measure for set queries
     config.eval.rerank_top_k = 50                  # candidates the matching head re-scores
-    config.eval.noise_levels = (0.0, 0.5, 1.0, 2.0)  # robustness: std of the noise added to every input
+    config.eval.noise_levels = (0.0, 0.5, 1.0, 2.0)  # robustness: noise std, per feature std of the train split
     # classification: a .npy with one input of this modality per class, in label order
     # (e.g. token ids of "a photo of a <class>"), embedded as zero-shot prototypes.
     config.eval.class_descriptions = ""
@@ -115,17 +150,10 @@ def smoke(config: ConfigDict) -> ConfigDict:
     config.checkpoint_every = 3
     config.data.batch_size = 32
     config.data.eval_batch_size = 64
-    if config.data.name == "uci_multiple_features" and len(config.data.modalities) > 3:
-        anchor = config.data.modalities[config.loss.anchor]
-        config.data.modalities = (anchor,) + tuple(m for m in ("fac", "kar", "pix") if m != anchor)[:2]
-        config.loss.anchor = 0  # three views keep compilation short
-    if config.eval.set_queries:  # the views changed: anchor -> the others, and back
-        anchor, others = config.data.modalities[config.loss.anchor], "+".join(
-            m for i, m in enumerate(config.data.modalities) if i != config.loss.anchor)
-        config.eval.set_queries = (f"{anchor}->{others}", f"{others}->{anchor}")
+    config.data.num_modalities = 3                 # three modalities keep compilation short
+    config.eval.every = 3
     config.eval.noise_levels = (0.0, 1.0)
     config.model.width = 32
-    config.model.embed_dim = 16
     config.optimizer.warmup_steps = 2
     if config.warm_start.steps:
         config.warm_start.steps = 3

@@ -4,6 +4,10 @@
     python -m pmrl_jax.main --config=configs/gram.py:smoke --config.num_steps=20
     python -m pmrl_jax.main --config=configs/gram.py --workdir=runs/gram --mode=eval [--step=N]
 
+The first printed line says what was decided for the fields the config leaves to the
+data (modalities, anchor, encoder, ...). With model selection on (`config.eval.every`),
+the evaluation uses the step with the best mean validation R@1.
+
 Re-running the same command in the same workdir resumes from its newest valid checkpoint
 (after kill -9, SIGTERM, which checkpoints before exiting with status 143, or a corrupted
 newest checkpoint, which is moved to corrupt_checkpoints/). The
@@ -25,7 +29,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and res
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate), or evaluate a checkpoint")
 _STOP_AT = flags.DEFINE_integer("stop_at", None, "with --mode=train: stop (checkpointed) after this step; "
                                 "re-running without it resumes", lower_bound=1)
-_STEP = flags.DEFINE_integer("step", None, "with --mode=eval: the checkpoint step (default: the newest)")
+_STEP = flags.DEFINE_integer("step", None, "with --mode=eval: the checkpoint step (default: the model "
+                             "selection's best, else the newest)")
 
 
 def default_workdir(config_argument: str) -> str:
@@ -64,38 +69,54 @@ def _explain_unknown_override(argv) -> str | None:
     return None
 
 
+def describe(config, choices, workdir: str) -> str:
+    """The run's first printed line: what runs, on what, and what was decided for it."""
+    import jax
+
+    warm = config.warm_start
+    data = config.data.name + (f" ({config.data.options.directory})" if config.data.options.directory else "")
+    return (f"pmrl_jax: loss {config.loss.name}{f' (after {warm.steps} steps of {warm.loss})' if warm.loss else ''} "
+            f"on {data}; {'; '.join(choices) if choices else f'modalities {list(config.data.modalities)}'}; "
+            f"{config.num_steps} steps, {jax.device_count()} {jax.default_backend()} device(s), workdir {workdir}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and jax report every step at INFO
     import jax
 
-    from pmrl_jax import distributed, train
+    from pmrl_jax import distributed, evaluation, train
     from pmrl_jax.data.features import FeaturesError
+    from pmrl_jax.resolve import prepare
 
     config = _CONFIG.value
     distributed.initialize(config)  # before anything touches a device
     # The flag as given (path and ":arg"), so that `gram.py:smoke` gets its own workdir.
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
-    if jax.process_index() == 0:
-        print(f"pmrl_jax: loss {config.loss.name}"
-              f"{f' (after {config.warm_start.steps} steps of {config.warm_start.loss})' if config.warm_start.loss else ''}"
-              f", modalities {list(config.data.modalities)} of {config.data.name}, {config.num_steps} steps, "
-              f"{jax.device_count()} {jax.default_backend()} device(s), workdir {workdir}", flush=True)
     try:
+        prepared = prepare(config)
+        config = prepared.config
+        if jax.process_index() == 0:
+            print(describe(config, prepared.choices, workdir), flush=True)
         if _MODE.value == "train":
-            trainer, state = train.train(config, workdir, _STOP_AT.value)
+            trainer, _ = train.train(config, workdir, _STOP_AT.value)
+            state, record = train.selected_state(trainer, workdir)
+        elif _STEP.value is None:
+            trainer = train.restoring_trainer(config, workdir)
+            state, record = train.selected_state(trainer, workdir)
         else:
             trainer, state = train.latest_state(config, workdir, _STEP.value)
+            record = None
     except train.Preempted as preempted:
         if jax.process_index() == 0:
             print(f"pmrl_jax: {preempted}", flush=True)
         raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
     except (train.NonFiniteError, train.ConfigError, FeaturesError, FileNotFoundError) as error:
         raise SystemExit(f"pmrl_jax: {error}") from None
-    results = train.evaluate(config, workdir, trainer, state)
+    results = evaluation.evaluate(trainer, state, workdir, record)
     if jax.process_index() == 0:
-        print(train.format_results(results))
+        print(evaluation.format_results(results))
         print(f"results: {os.path.join(workdir, 'results.json')}"
               f"{'; plots: ' + ', '.join(results['plots']) if results.get('plots') else ''}")
 

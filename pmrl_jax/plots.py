@@ -5,7 +5,8 @@
                         before training (the initial parameters) and after (1 = aligned)
     robustness.png      mean any-to-any R@1 against the input noise level, one curve per
                         method (`robustness_plot` takes several runs' results)
-    training.png        the logged training losses against the step
+    training.png        the logged training losses against the step, and the validation
+                        R@1 of model selection
 """
 
 from __future__ import annotations
@@ -87,16 +88,23 @@ def robustness_plot(curves: Mapping[str, Mapping], path: str) -> str:
 
 
 def training_curves(metrics_path: str, path: str) -> str:
+    """The training losses against the step and, where model selection ran, the mean
+    validation R@1 on a second axis."""
     plt = _pyplot()
     with open(metrics_path) as f:
         records = [json.loads(line) for line in f]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["step"] for r in records]
     for key in ("loss", "contrastive_loss", "matching_loss"):
-        values = [r.get(key, np.nan) for r in records]
-        if not np.all(np.isnan(values)):
-            ax.plot(steps, values, label=key)
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax.plot(*zip(*points), label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.legend()
+    ax.legend(loc="upper left")
+    validation = [(r["step"], r["validation/mean_R@1"]) for r in records if "validation/mean_R@1" in r]
+    if validation:
+        right = ax.twinx()
+        right.plot(*zip(*validation), "o-", color="black", markersize=3, label="validation mean R@1")
+        right.set_ylabel("validation mean R@1")
+        right.legend(loc="upper right")
     return _save(fig, path)

@@ -5,7 +5,7 @@ import pathlib
 from pmrl_jax.configs import load_config_file
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-METHODS = ("clip", "gram", "pmrl", "symile", "triangle")
+METHODS = ("clip", "all_pairs", "gram", "pmrl", "symile", "triangle")
 
 
 def load_config(name: str, arg: str | None = "smoke"):

@@ -1,5 +1,5 @@
 """Compiles one loss's forward+backward and runs it 20 times; run in a fresh process by
-test_no_hang.py (ARCHITECTURE.md: programs holding two LAPACK SVDs hung
+test_no_hang.py (docs/architecture.md, "Numerics": programs holding two LAPACK SVDs hung
 intermittently here, so each loss must survive repeated execution)."""
 
 import sys

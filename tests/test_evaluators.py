@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from configs_util import load_config
-from pmrl_jax import evaluate as ev
-from pmrl_jax import evaluators, losses as L, scoring, sharding
+from pmrl_jax import evaluation, losses as L, sharding
+from pmrl_jax.evaluation import metrics, ranking as scoring
+from pmrl_jax.evaluation.classification import Classification
+from pmrl_jax.evaluation.rerank import rerank_ranks
+from pmrl_jax.evaluation.retrieval import any_to_any, parse_set_query
 
 
 def brute_force_ranks(scores):
@@ -67,8 +70,31 @@ def test_blocked_top_candidates_equal_a_full_sort():
 
 def test_retrieval_metrics_against_brute_force():
     ranks = np.array([1, 1, 2, 5, 6, 10, 11, 400])
-    metrics = ev.retrieval_metrics(ranks)
-    assert metrics == {"R@1": 2 / 8, "R@5": 4 / 8, "R@10": 6 / 8, "MedR": 5.5, "MnR": float(np.mean(ranks))}
+    result = metrics.retrieval_metrics(ranks)
+    assert result == {"R@1": 2 / 8, "R@5": 4 / 8, "R@10": 6 / 8, "MedR": 5.5, "MnR": float(np.mean(ranks))}
+    with pytest.raises(ValueError, match="at least one query"):
+        metrics.retrieval_metrics(np.zeros((0,), np.int64))
+
+
+def test_ties_never_flatter_the_model():
+    constant = np.zeros((10, 1, 4), np.float32)
+    ranks = scoring.diagonal_ranks(constant, constant, "cosine", MESHES["1 device"]())
+    assert np.all(ranks == 10)
+    assert metrics.retrieval_metrics(ranks) == {"R@1": 0.0, "R@5": 0.0, "R@10": 1.0, "MedR": 10.0, "MnR": 10.0}
+
+
+def test_any_to_any_covers_every_ordered_pair_and_perfect_embeddings_score_one():
+    mesh = MESHES["8 devices"]()
+    rank = lambda q, c, s: scoring.diagonal_ranks(q, c, s, mesh, tile=16)  # noqa: E731
+    z = np.random.default_rng(0).normal(size=(50, 1, 8)).repeat(3, axis=1).astype(np.float32)  # three identical
+    table = any_to_any(rank, z, ["a", "b", "c"], "cosine")
+    assert set(table) == {"a->b", "a->c", "b->a", "b->c", "c->a", "c->b", "mean"}
+    assert all(row["R@1"] == 1.0 and row["MedR"] == 1.0 for row in table.values())
+    flipped = z.copy()
+    flipped[:, 1] *= -1  # b anti-aligned: the worst possible under cosine
+    assert any_to_any(rank, flipped, ["a", "b", "c"], "cosine")["a->b"]["MedR"] == 50.0
+    # the volume measure is sign-blind, as GRAM's geometry is
+    assert any_to_any(rank, flipped, ["a", "b", "c"], "volume")["a->b"]["R@1"] == 1.0
 
 
 def test_rerank_ranks_within_the_shortlist_and_keeps_misses():
@@ -77,29 +103,29 @@ def test_rerank_ranks_within_the_shortlist_and_keeps_misses():
     head = np.array([[0.1, 0.9, 0.9],   # query 0: tie with candidate 4 counts against: rank 2
                      [5.0, 1.0, 2.0],   # query 1: best: rank 1
                      [1.0, 2.0, 3.0]])
-    np.testing.assert_array_equal(evaluators.rerank_ranks(plain, shortlist, head), [2, 1, 60])
+    np.testing.assert_array_equal(rerank_ranks(plain, shortlist, head), [2, 1, 60])
 
 
 def test_top_k_accuracy_counts_ties_against():
     scores = np.array([[0.9, 0.9, 0.1], [0.2, 0.8, 0.1], [0.3, 0.2, 0.1]])
-    result = evaluators.top_k_accuracy(scores, np.array([0, 1, 2]), classes=[0, 1, 2])
+    result = metrics.top_k_accuracy(scores, np.array([0, 1, 2]), classes=[0, 1, 2])
     assert result == {"top-1": 1 / 3, "top-5": 1.0}
 
 
 @pytest.mark.parametrize("text", ["pix->pix", "pix->", "pix+audio->fac", "pix fac"])
 def test_bad_set_queries_are_named(text):
     with pytest.raises(ValueError, match="config.eval.set_queries entry"):
-        evaluators.parse_set_query(text, ["pix", "fac", "kar"])
+        parse_set_query(text, ["pix", "fac", "kar"])
 
 
 def test_unknown_evaluator_and_rerank_without_head_are_rejected():
     config = load_config("clip")
     config.evals = ("retrieval", "recall")
     with pytest.raises(ValueError, match=r"config.evals names \['recall'\]"):
-        evaluators.check_evals(config)
+        evaluation.check_evals(config)
     config.evals = ("rerank",)
     with pytest.raises(ValueError, match="config.model.matching.enabled"):
-        evaluators.check_evals(config)
+        evaluation.check_evals(config)
 
 
 def test_blocked_scoring_never_holds_the_full_score_matrix():
@@ -116,16 +142,16 @@ def test_classification_against_embedded_class_descriptions(tmp_path):
     directly (not through embed_split) and an argmax."""
     from pmrl_jax import train
 
-    config = load_config("clip")
-    trainer, state = train.train(config, str(tmp_path / "run"))
-    context = evaluators.EvalContext(config, trainer, state)
+    trainer, state = train.train(load_config("clip"), str(tmp_path / "run"))
+    config = trainer.config
+    context = evaluation.EvalContext(config, trainer, state)
     test = context.source("test")
     labels = test.labels
     first_of_class = np.array([np.flatnonzero(labels == c)[0] for c in range(10)])
     np.save(tmp_path / "descriptions.npy", test.arrays["pix"][first_of_class])
     config.eval.class_descriptions = str(tmp_path / "descriptions.npy")
     config.eval.class_description_modality = "pix"
-    result = evaluators.Classification().run(context)["by_description"]
+    result = Classification().run(context)["by_description"]
 
     model = trainer.model(state)
     describe = {m: np.zeros((10,) + a.shape[1:], np.float32) for m, a in test.arrays.items()}
@@ -138,8 +164,8 @@ def test_classification_against_embedded_class_descriptions(tmp_path):
 
     config.eval.class_descriptions = str(tmp_path / "missing.npy")
     with pytest.raises(FileNotFoundError, match="config.eval.class_descriptions"):
-        evaluators.Classification().run(context)
+        Classification().run(context)
     np.save(tmp_path / "short.npy", test.arrays["pix"][:3])
     config.eval.class_descriptions = str(tmp_path / "short.npy")
     with pytest.raises(ValueError, match=r"holds \(3, 240\); expected one 'pix' input per class"):
-        evaluators.Classification().run(context)
+        Classification().run(context)

@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs_util import load_config
 from pmrl_jax import train
@@ -23,13 +24,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY = 40, 4
 # The job as a user runs it; one checkpoint every 4 steps so that kills land both
 # between steps and inside checkpoint writes.
-OVERRIDES = {"num_steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "log_every": 1}
+# Model selection is off here: these tests are about the training state (selection's
+# resumption: tests/test_selection.py).
+OVERRIDES = {"num_steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "log_every": 1, "eval.every": 0}
 
 
 def _config():
     config = load_config("clip")
     for key, value in OVERRIDES.items():
-        config[key] = value
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
     return config
 
 
@@ -182,6 +186,7 @@ def _poison_batch(monkeypatch, number, modality):
 
 def _smoke(**fields):
     config = load_config("clip")
+    config.eval.every = 0
     for key, value in fields.items():
         config[key] = value
     return config
@@ -199,8 +204,8 @@ def test_nonfinite_stop_names_the_step_and_modality_and_checkpoints_nothing_bad(
 
 
 def _model_and_optimizer(trainer, state):
-    model, optimizer, _ = train.nnx.merge(trainer.graphdef, state)
-    return jax.tree.leaves(jax.device_get(train.nnx.state((model, optimizer))))
+    model, optimizer, _ = nnx.merge(trainer.graphdef, state)
+    return jax.tree.leaves(jax.device_get(nnx.state((model, optimizer))))
 
 
 def test_nonfinite_skip_drops_the_step_counts_it_and_goes_on(tmp_path, monkeypatch):

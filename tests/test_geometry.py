@@ -1,4 +1,4 @@
-"""Gram matrices, determinants, adjugates and volumes: MATH.md section 1."""
+"""Gram matrices, determinants, adjugates and volumes: docs/math.md, "Gram matrix, volume, singular values"."""
 
 
 import hypothesis.extra.numpy as hnp

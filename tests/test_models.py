@@ -103,3 +103,50 @@ def test_matching_head_trains_on_single_tokens_and_gets_no_gradient_through_scor
     params_grad = nnx.jit(nnx.grad(lambda h: matching_loss(h, anchor, data, scores, jax.random.key(2))))(head)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(params_grad))
     assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(params_grad)) > 0
+
+
+def _adapter_model(widths, embed_dim, depth=1, statistics=None):
+    shapes = {f"m{i}": (w,) for i, w in enumerate(widths)}
+    options = {m: {"kind": "adapter", "depth": depth} for m in shapes}
+    return MultimodalModel(list(shapes), shapes, options, width=32, embed_dim=embed_dim, temperature=TEMPERATURE,
+                           matching=dict(heads=2), statistics=statistics, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_the_adapter_starts_from_its_inputs(depth):
+    """At initialisation the embeddings are the unit inputs (equal widths), or keep every
+    cosine between two inputs (inputs narrower than the shared space): training starts
+    from the frozen inputs' retrieval."""
+    rng = np.random.default_rng(0)
+    x = {"m0": rng.standard_normal((6, 24)).astype(np.float32), "m1": rng.standard_normal((6, 24)).astype(np.float32)}
+    z, tokens = _forward(_adapter_model([24, 24], 24, depth), x)
+    for i, m in enumerate(x):
+        np.testing.assert_allclose(z[:, i], x[m] / np.linalg.norm(x[m], axis=1, keepdims=True), atol=1e-6)
+    assert tokens["m0"].shape == (6, 1, 24)
+    wide, _ = _forward(_adapter_model([24, 24], 40, depth), x)
+    unit = {m: v / np.linalg.norm(v, axis=1, keepdims=True) for m, v in x.items()}
+    np.testing.assert_allclose(np.asarray(wide[:, 0]) @ np.asarray(wide[:, 1]).T, unit["m0"] @ unit["m1"].T,
+                               atol=1e-5)
+    # Narrower: one fixed random projection for every modality of a width.
+    model = _adapter_model([24, 24], 8, depth)
+    np.testing.assert_array_equal(model.encoders["m0"].linear.kernel[...], model.encoders["m1"].linear.kernel[...])
+
+
+def test_the_adapters_residual_learns():
+    model = _adapter_model([8, 8], 8, depth=1)
+    x = {m: jnp.ones((4, 8)) for m in ("m0", "m1")}
+    grads = nnx.grad(lambda model: jnp.sum(model(x)[0][:, 0, 0]))(model)
+    assert float(jnp.abs(grads["encoders"]["m0"]["residual_out"]["kernel"][...]).sum()) > 0
+
+
+def test_standardisation_inside_the_model_uses_the_given_statistics():
+    rng = np.random.default_rng(1)
+    mean, std = rng.standard_normal(5).astype(np.float32), rng.uniform(0.5, 2, 5).astype(np.float32)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    standardised = _adapter_model([5, 5], 5, statistics={"m0": (mean, std), "m1": (mean, std)})
+    plain = _adapter_model([5, 5], 5)
+    np.testing.assert_allclose(_forward(standardised, {"m0": x, "m1": x})[0],
+                               _forward(plain, {"m0": (x - mean) / std, "m1": (x - mean) / std})[0], atol=1e-6)
+    # statistics are state, not parameters: the optimizer does not see them
+    assert not any(leaf.shape == (5,) and np.allclose(leaf, mean)
+                   for leaf in jax.tree.leaves(nnx.state(standardised, nnx.Param)))

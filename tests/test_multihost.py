@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs_util import load_config
-from pmrl_jax import train
+from pmrl_jax import evaluation, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = ["--config.log_every=1"]
@@ -55,15 +55,17 @@ def _two_processes(workdir, *extra):
 
 
 def _history(workdir):
+    """The training records (model selection's are left out)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        return [record for record in map(json.loads, f) if "loss" in record]
 
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("one_process")
     trainer, state = train.train(_config(), str(workdir))
-    results = train.evaluate(_config(), str(workdir), trainer, state)
+    selected, record = train.selected_state(trainer, str(workdir))  # what the main job evaluates
+    results = evaluation.evaluate(trainer, selected, str(workdir), record)
     return workdir, jax.device_get(state), results
 
 

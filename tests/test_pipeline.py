@@ -38,7 +38,8 @@ def test_the_global_batch_does_not_depend_on_the_number_of_processes():
     """Two processes' rows, stacked in process order, are the one process's batch: the
     same examples and the same noise and dropout draws (multi-host runs follow the
     single-host loss curve)."""
-    transforms = [P.GaussianNoise(modalities=("a",), level=0.5), P.ModalityDropout(modalities=("b",), probability=0.3)]
+    transforms = [P.GaussianNoise(modalities=("a",), level=0.5, scale={"a": np.ones(2, np.float32)}),
+                  P.ModalityDropout(modalities=("b",), probability=0.3)]
 
     def batches(shard_index, shard_count):
         dataset = P.training_dataset(source(), batch_size=8 // shard_count, seed=5, shard_index=shard_index,
@@ -80,30 +81,28 @@ def test_evaluation_sees_every_example_once_padded_and_masked(shard_count):
 
 def test_transforms():
     src = source()
-    mean = {"a": np.array([1.0, -1.0], np.float32)}
-    std = {"a": np.array([2.0, 2.0], np.float32)}
-    batch = next(iter(P.training_dataset(src, batch_size=40, seed=0, transforms=[P.Standardize(mean, std)])))
-    raw = np.stack([src[i]["a"] for i in ids({"a": batch["a"] * 2 + 1})])
-    np.testing.assert_allclose(batch["a"], (raw - mean["a"]) / std["a"])
-
-    noisy = next(iter(P.training_dataset(src, batch_size=40, seed=0, transforms=[P.GaussianNoise(["b"], 0.5)])))
+    scale = {"b": np.full(1, 4.0, np.float32)}
+    noisy = next(iter(P.training_dataset(src, batch_size=40, seed=0,
+                                         transforms=[P.GaussianNoise(["b"], 0.5, scale)])))
     clean = next(iter(P.training_dataset(src, batch_size=40, seed=0)))
     np.testing.assert_array_equal(noisy["a"], clean["a"])
-    assert 0.3 < np.std(noisy["b"] - clean["b"]) < 0.7
+    assert 1.4 < np.std(noisy["b"] - clean["b"]) < 2.6  # level 0.5 of a feature whose std is 4
 
     dropped = next(iter(P.training_dataset(src, batch_size=40, seed=0, transforms=[P.ModalityDropout(["b"], 1.0)])))
     assert np.all(dropped["b"] == 0) and np.any(dropped["a"] != 0)
 
 
-def test_swap_modalities_misaligns_the_requested_fraction():
-    src = source(400)
-    batch = next(iter(P.training_dataset(src, batch_size=400, seed=0, transforms=[P.SwapModalities(src, ["b"], 0.25)])))
-    own = batch["index"]
-    np.testing.assert_array_equal(batch["a"][:, 0], own)  # untouched modality stays aligned
-    moved = batch["b"][:, 0] != 10 * own
-    assert 60 < moved.sum() < 140
-    with pytest.raises(ValueError, match="fraction"):
-        P.SwapModalities(src, ["b"], 1.5)
+def test_feature_statistics_are_each_features_mean_and_std_over_the_split():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((5000, 3)) * [1.0, 10.0, 0.0] + [0.0, 3.0, 7.0]).astype(np.float32)
+    src = P.ArraySource({"x": x, "tokens": np.ones((5000, 4), np.int32)})
+    stats = P.feature_statistics(src, ["x", "tokens"])
+    assert set(stats) == {"x"}  # token ids are not standardised or noised
+    np.testing.assert_allclose(stats["x"][0], x.mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats["x"][1], x.std(0), rtol=1e-5, atol=1e-6)
+    # A subsample spread over the split when it is larger than max_rows.
+    mean, std = P.feature_statistics(src, ["x"], max_rows=1000)["x"]
+    np.testing.assert_allclose(std, x.std(0), rtol=0.1, atol=1e-6)
 
 
 def test_label_and_index_travel_with_the_batch():

@@ -28,7 +28,7 @@ def test_synthetic_splits_share_a_world_but_not_instances():
 def test_unknown_names_and_options_are_named():
     with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; known: uci_multiple_features"):
         registry.make_source("mnist", "train")
-    with pytest.raises(ValueError, match=r"dataset 'synthetic': bad options \['colour'\]"):
+    with pytest.raises(ValueError, match=r"sets \['colour'\], which dataset 'synthetic' does not take; its options: "):
         registry.make_source("synthetic", "train", colour=3)
     with pytest.raises(ValueError, match="splits"):
         registry.make_source("uci_multiple_features", "dev")
@@ -42,11 +42,11 @@ def test_features_by_name(tmp_path):
     assert len(source) == 5 and source[0]["x"].shape == (3,)
 
 
-def test_standardization_statistics_come_from_train(tmp_path):
+def test_a_features_directory_offers_every_npy_of_its_train_split_but_the_labels(tmp_path):
     from pmrl_jax.data.features import write_split
 
-    write_split(tmp_path, "train", {"x": np.array([[0.0], [2.0], [4.0]], np.float32)})
-    write_split(tmp_path, "test", {"x": np.array([[100.0]], np.float32)})
-    mean, std = registry.standardization_fitted_on_train("features", directory=str(tmp_path), modalities=["x"])
-    np.testing.assert_allclose(mean["x"], [2.0])
-    np.testing.assert_allclose(std["x"], [np.std([0.0, 2.0, 4.0])], rtol=1e-6)
+    write_split(tmp_path, "train", {"gloss": np.ones((5, 3), np.float16), "lemmas": np.ones((5, 3))},
+                labels=np.arange(5))
+    assert registry.available_modalities("features", {"directory": str(tmp_path)}) == ("gloss", "lemmas")
+    source = registry.make_source("features", "train", directory=str(tmp_path))  # float16 and float64 are read
+    assert source[0]["gloss"].dtype == np.float32 and source[0]["lemmas"].dtype == np.float32

@@ -1,4 +1,4 @@
-"""Singular values and the leading direction: MATH.md section 3 (Theorem 2 and the sign)."""
+"""Singular values and the leading direction: docs/math.md, "PMRL" (the bounds on sigma_1 and the sign)."""
 
 import hypothesis.extra.numpy as hnp
 import jax

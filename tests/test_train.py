@@ -10,15 +10,18 @@ import struct
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import AxisType
 
 from configs_util import METHODS, load_config
-from pmrl_jax import sharding, train
+from pmrl_jax import evaluation, sharding, train
+from pmrl_jax.resolve import open_split
 
 
 def _losses(workdir):
+    """The training records of metrics.jsonl (the model selection's are left out)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        return [record for record in map(json.loads, f) if "loss" in record]
 
 
 def _tensorboard_scalars(directory):
@@ -51,9 +54,10 @@ def _smoke(name, **overrides):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
-    config = _smoke(name, eval__rerank_top_k=10)
-    trainer, state = train.train(config, str(tmp_path))
-    results = train.evaluate(config, str(tmp_path), trainer, state)
+    trainer, state = train.train(_smoke(name, eval__rerank_top_k=10), str(tmp_path))
+    config = trainer.config
+    state, selection = train.selected_state(trainer, str(tmp_path))
+    results = evaluation.evaluate(trainer, state, str(tmp_path), selection)
     k = len(config.data.modalities)
     table = results["evals"]["retrieval"]["any_to_any"]
     assert len(table) == k * (k - 1) + 1 and results["num_examples"] == 400
@@ -68,7 +72,16 @@ def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
         for metric, value in record.items():
             if metric != "step":
                 assert scalars[f"train/{metric}", record["step"]] == pytest.approx(value, rel=1e-6), metric
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+    # Model selection scored the final loss's first step (0: the initial model), then every 3.
+    first = config.warm_start.steps if config.warm_start.loss else 0
+    assert [step for step, _ in selection["history"]] == [first, 6] if first == 3 else [0, 3, 6]
+    def best_after(step):  # the first step with the highest score up to `step`
+        scores = [(score, -s) for s, score in selection["history"] if s <= step]
+        return -max(scores)[1]
+
+    # The newest two, and the best step each of them names (kept for a fallback to it).
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == sorted({3, 6, best_after(3), best_after(6)})
+    assert results["selection"]["best_step"] == selection["best_step"] == selection["step"]
     with open(tmp_path / "results.json") as f:
         assert json.load(f)["evals"]["retrieval"]["any_to_any"]["mean"] == table["mean"]
     with open(tmp_path / "config.json") as f:
@@ -92,9 +105,10 @@ def _check_set_queries_rerank_and_eval_only_run(config, workdir, results):
         # re-ranking permutes the top K = 10 only, so as many true matches stay within 10.
         assert rerank["plain"] == evals["retrieval"]["set_queries"][direction]
         assert rerank["reranked"]["R@10"] == rerank["plain"]["R@10"]
-    # --mode=eval's path: the newest checkpoint alone gives the same results.
-    restored_trainer, restored = train.latest_state(config, str(workdir))
-    assert train.evaluate(config, str(workdir), restored_trainer, restored)["evals"] == evals
+    # --mode=eval's path: the workdir's checkpoints alone give the same results.
+    restored_trainer = train.restoring_trainer(config, str(workdir))
+    restored, record = train.selected_state(restored_trainer, str(workdir))
+    assert evaluation.evaluate(restored_trainer, restored, str(workdir), record)["evals"] == evals
 
 
 def test_resume_after_a_stop_continues_the_same_loss_curve(tmp_path):
@@ -155,9 +169,8 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # and the restored model embeds like the trained one
-    source = train.data_sources(config, ("test",))["test"]
-    from pmrl_jax.evaluate import embed_split
-
+    source = open_split(trainer.config, "test")
+    embed_split = evaluation.embed_split
     np.testing.assert_allclose(embed_split(trainer, state, source, batch_size=64).embeddings,
                                embed_split(restored_trainer, restored, source, batch_size=64).embeddings,
                                rtol=1e-5, atol=1e-5)
@@ -173,7 +186,7 @@ def test_workdir_of_another_model_is_refused(tmp_path):
 def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
     config = _smoke("clip", model__dtype="bfloat16")
     trainer, state = train.train(config, str(tmp_path))
-    params = jax.tree.leaves(train.nnx.state(trainer.model(state), train.nnx.Param))
+    params = jax.tree.leaves(nnx.state(trainer.model(state), nnx.Param))
     assert params and all(p.dtype == np.float32 for p in params)
     assert all(np.isfinite(r["loss"]) for r in _losses(tmp_path))
     hidden = trainer.model(state).encoders["pix"].layers[0](np.ones((2, 240), np.float32))

@@ -21,6 +21,31 @@ class FeaturesError(ValueError):
     """Bad or missing feature files; the message names the file, modality and row."""
 
 
+def modalities_in(directory: str | os.PathLike, split: str = "train") -> tuple[str, ...]:
+    """The modalities of a features directory: the stem of every `.npy` file of its
+    `split` folder but `label.npy`, sorted by name; each must hold a float [N, D] array
+    (its header is read, not its rows)."""
+    split_dir = os.path.join(os.fspath(directory), split)
+    if not os.path.isdir(split_dir):
+        raise FeaturesError(f"split {split!r}: missing directory {split_dir} (a features directory holds "
+                            f"<split>/<modality>.npy)")
+    names = sorted(name[: -len(".npy")] for name in os.listdir(split_dir)
+                   if name.endswith(".npy") and name != LABEL_FILE)
+    if not names:
+        raise FeaturesError(f"split {split!r}: {split_dir} holds no <modality>.npy file")
+    for name in names:
+        _check_layout(_open(os.path.join(split_dir, f"{name}.npy"), name), os.path.join(split_dir, f"{name}.npy"), name)
+    return tuple(names)
+
+
+def _check_layout(array: np.ndarray, path: str, modality: str) -> None:
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise FeaturesError(
+            f"modality {modality!r}: {path} must hold a float [N, D] array (float16, 32 or 64); got "
+            f"{array.dtype} {array.shape}{' (integer labels belong in label.npy)' if array.ndim == 1 else ''}"
+        )
+
+
 def _open(path: str, modality: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise FeaturesError(f"modality {modality!r}: missing file {path}")
@@ -72,10 +97,7 @@ class FeaturesSource:
         for modality in self.modalities:
             path = os.path.join(split_dir, f"{modality}.npy")
             array = _open(path, modality)
-            if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
-                raise FeaturesError(
-                    f"modality {modality!r}: {path} must hold a float [N, D] array; got {array.dtype} {array.shape}"
-                )
+            _check_layout(array, path, modality)
             if dims is not None and modality in dims and array.shape[1] != dims[modality]:
                 raise FeaturesError(
                     f"modality {modality!r}: {path} has dimension {array.shape[1]}, the config says {dims[modality]}"

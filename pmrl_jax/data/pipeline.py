@@ -73,30 +73,20 @@ class ArraySource:
 
 
 @dataclasses.dataclass(frozen=True)
-class Standardize(grain.transforms.Map):
-    """(x_m - mean_m) / std_m per modality, with statistics fitted elsewhere (on train)."""
-
-    mean: Mapping[str, np.ndarray]
-    std: Mapping[str, np.ndarray]
-
-    def map(self, example):
-        out = dict(example)
-        for m in self.mean:
-            out[m] = ((example[m] - self.mean[m]) / self.std[m]).astype(np.float32)
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
 class GaussianNoise(grain.transforms.RandomMap):
-    """Adds N(0, level^2) to every feature of the chosen modalities (PMRL's noise study)."""
+    """Adds N(0, (level * scale_m)^2) to the chosen modalities, `scale_m` being each
+    feature's standard deviation on the train split (`feature_statistics`): the noise
+    is relative to each modality's own scale (PMRL's noise study)."""
 
     modalities: Sequence[str]
     level: float
+    scale: Mapping[str, np.ndarray]
 
     def random_map(self, batch, rng: np.random.Generator):
         out = dict(batch)
         for m in self.modalities:
-            out[m] = (batch[m] + self.level * rng.standard_normal(batch[m].shape)).astype(np.float32)
+            noise = rng.standard_normal(batch[m].shape) * (self.level * np.asarray(self.scale[m], np.float32))
+            out[m] = (batch[m] + noise).astype(np.float32)
         return out
 
 
@@ -115,31 +105,25 @@ class ModalityDropout(grain.transforms.RandomMap):
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class SwapModalities(grain.transforms.RandomMap):
-    """A `fraction` of the examples get the listed modalities of another, random example
-    of `source` (never their own): misaligned pairs, PMRL's second noise injection."""
-
-    source: object
-    modalities: Sequence[str]
-    fraction: float
-
-    def __post_init__(self):
-        if not 0.0 <= self.fraction <= 1.0:
-            raise ValueError(f"swap fraction must be in [0, 1]; got {self.fraction}")
-
-    def random_map(self, batch, rng: np.random.Generator):
-        size = len(self.source)
-        chosen = np.flatnonzero(rng.random(batch["index"].shape[0]) < self.fraction)
-        if size < 2 or chosen.size == 0:
-            return batch
-        donors = (batch["index"][chosen] + 1 + rng.integers(size - 1, size=chosen.size)) % size
-        donated = read_batch(self.source, donors)
-        out = dict(batch)
-        for m in self.modalities:
-            out[m] = batch[m].copy()
-            out[m][chosen] = donated[m]
-        return out
+def feature_statistics(source, modalities: Sequence[str], max_rows: int = 16384) -> dict[str, tuple]:
+    """{modality: (mean [D], std [D])} of each float feature-vector modality of `source`
+    (the train split), over at most `max_rows` rows spread evenly over it; float64 sums,
+    float32 results. Other modalities (token ids, images) are left out."""
+    rows = np.unique(np.linspace(0, len(source) - 1, min(len(source), max_rows)).astype(np.int64))
+    statistics = {}
+    for start in range(0, len(rows), 4096):
+        batch = read_batch(source, rows[start : start + 4096])
+        for m in modalities:
+            x = batch[m]
+            if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+                continue
+            total, squares = statistics.get(m, (0.0, 0.0))
+            statistics[m] = (total + x.sum(0, dtype=np.float64), squares + np.square(x, dtype=np.float64).sum(0))
+    result = {}
+    for m, (total, squares) in statistics.items():
+        mean = total / len(rows)
+        result[m] = (mean.astype(np.float32), np.sqrt(np.maximum(squares / len(rows) - mean**2, 0.0)).astype(np.float32))
+    return result
 
 
 # ---- pipelines -------------------------------------------------------------------------

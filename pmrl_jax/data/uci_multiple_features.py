@@ -15,12 +15,13 @@ from importlib import resources
 
 import numpy as np
 
-# view name -> (file, what it holds, number of features)
+# view name -> (file, what it holds, number of features). The order is the default
+# `config.data.modalities`: `pix` first, so it is the default anchor.
 VIEWS: dict[str, tuple[str, str, int]] = {
-    "fou": ("mfeat-fou.csv.gz", "Fourier coefficients of the character shapes", 76),
+    "pix": ("mfeat-pix.csv.gz", "pixel averages in 2 x 3 windows", 240),
     "fac": ("mfeat-fac.csv.gz", "profile correlations", 216),
     "kar": ("mfeat-kar.csv.gz", "Karhunen-Loeve coefficients", 64),
-    "pix": ("mfeat-pix.csv.gz", "pixel averages in 2 x 3 windows", 240),
+    "fou": ("mfeat-fou.csv.gz", "Fourier coefficients of the character shapes", 76),
     "zer": ("mfeat-zer.csv.gz", "Zernike moments", 47),
     "mor": ("mfeat-mor.csv.gz", "morphological features", 6),
 }

@@ -4,7 +4,7 @@ Embeddings are `[..., k, d]` arrays, one row per modality. Loss functions L2-nor
 their inputs, compute in float32 (bfloat16 in, float32 out) and return a scalar mean.
 Under `jax.jit` with the batch sharded over devices every loss covers the global batch
 with exact gradients, on a mesh with Auto or Explicit axes (`explicit_axes.py`).
-Formulas and sources: each function's docstring and MATH.md.
+Formulas and sources: each function's docstring and docs/math.md.
 
 This package imports only jax: no Flax, TFDS, grain or orbax.
 """

@@ -7,7 +7,7 @@ instances and the candidate blocks travel round the ring of devices
 (`jax.lax.ppermute`), each carrying the column logsumexps and sums it collects on its
 way. A step holds one [B / n, B / n] block of scores and is rematerialised in the
 backward pass (`jax.checkpoint`), so a device's scores never exceed B^2 / n^2 at a time.
-The formulas are the unblocked losses' (their docstrings, MATH.md); values and
+The formulas are the unblocked losses' (their docstrings, docs/math.md); values and
 gradients equal theirs up to float32 summation order (autodiff transposes ppermute
 exactly), tested on 1, 2, 4 and 8 devices.
 

@@ -197,11 +197,9 @@ def transpose_by_column_blocks(matrix: jax.Array, blocks: tuple[int, ...] = (128
     """`matrix.T` `[n, m] -> [m, n]`, written as the 3-d transpose `[n, m / b, b] ->
     [m / b, b, n]` for the first block width b that divides m (else plain `.T`): the same
     values, for a transpose that is materialised (e.g. behind `optimization_barrier`).
-    XLA:CPU copies that form in one pass; a 2-d `.T` of [n, 2n] (n = 512, 1024) ran 1.4x-2.2x
-    as long on jax 0.10.2 and 1.7x-1.9x on jax 0.12, whose layout assignment splits it into a
-    transpose and a copy (`python benchmarks/transpose.py` prints the ratio). Only the
-    columns are split, so a row (batch) sharding carries through the reshape whatever the
-    rows per device."""
+    XLA:CPU copies that form in one pass, where its layout assignment can split a 2-d `.T`
+    into a transpose and a copy (docs/performance.md). Only the columns are split, so a row
+    (batch) sharding carries through the reshape whatever the rows per device."""
     rows, columns = matrix.shape
     for block in blocks:
         if columns % block == 0:

@@ -4,7 +4,7 @@ The losses only ever decompose k x k Gram matrices (k = number of modalities, a
 handful). A cyclic Jacobi method written with jnp ops compiles to ordinary XLA code on
 every backend: it vmaps, shards over the batch axis, and avoids LAPACK custom calls
 (two `jnp.linalg.svd` calls in one program were seen to hang intermittently on this
-machine's jaxlib CPU build; see ARCHITECTURE.md).
+machine's jaxlib CPU build; docs/architecture.md, "Numerics").
 
 No derivative is defined through the iterations: callers wrap the result in a
 `custom_jvp` with the closed-form first derivative they need (see `spectral.py`,

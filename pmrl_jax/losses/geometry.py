@@ -1,4 +1,4 @@
-"""Gram matrices, determinants and volumes (MATH.md section 1 and GRAM's score).
+"""Gram matrices, determinants and volumes (docs/math.md, "Gram matrix, volume, singular values").
 
 For rows v_1..v_k of V (`[k, d]`), G = V V^T and Vol = sqrt(det G) = prod_i sigma_i(V).
 
@@ -27,10 +27,8 @@ def gram_matrix(x: jax.Array) -> jax.Array:
     if x.ndim < 2:
         raise ValueError(f"gram_matrix needs rows [..., k, d]; got shape {x.shape}")
     # A batched matmul, not a broadcast-multiply-sum: the latter materialises [..., k, k, d]
-    # twice (forward and backward), 16 MiB of the GRAM loss's 72 MiB temporaries at
-    # B = 1024, k = 3, d = 512 (timings against it: commit b07bbc4). HIGHEST keeps the
-    # entries in float32 on TPUs too: near alignment the volume is a small difference of
-    # these entries.
+    # twice (forward and backward). HIGHEST keeps the entries in float32 on TPUs too: near
+    # alignment the volume is a small difference of these entries.
     return jnp.einsum("...kd,...ld->...kl", x, x, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -104,7 +102,7 @@ def symmetric_determinant(m: jax.Array) -> jax.Array:
         return m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
     if n == 3:
         # Closed form; for a unit-row Gram matrix with off-diagonals x, y, z this is
-        # 1 - x^2 - y^2 - z^2 + 2xyz (MATH.md section 1).
+        # 1 - x^2 - y^2 - z^2 + 2xyz (docs/math.md).
         return jnp.sum(m[..., 0, :] * _adjugate_closed_form(m)[..., :, 0], axis=-1)
     return _det_by_eigh(m)
 

@@ -1,4 +1,4 @@
-"""Pairwise InfoNCE baselines on the `[B, k, d]` interface (MATH.md section 4)."""
+"""Pairwise InfoNCE baselines on the `[B, k, d]` interface (docs/math.md, "Baselines")."""
 
 from __future__ import annotations
 

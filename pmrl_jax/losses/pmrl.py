@@ -1,4 +1,4 @@
-"""PMRL's principled multimodal alignment losses (MATH.md section 3)."""
+"""PMRL's principled multimodal alignment losses (docs/math.md, "PMRL")."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ is u = Z^T v_1 / sigma_1 for the top eigenvector v_1 of G. That costs one batche
 O(B k^2 d) product plus O(B k^3) work, where the official PMRL code runs a full SVD and
 builds a d x d matrix per instance.
 
-Derivatives (MATH.md section 3) avoid the 1 / (lambda_i - lambda_j) terms that make
+Derivatives (docs/math.md, "PMRL") avoid the 1 / (lambda_i - lambda_j) terms that make
 autodiff of eigh/svd NaN when trailing singular values coincide (two zeros at perfect
 alignment for k >= 3):
   d lambda_i = v_i^T dG v_i
@@ -37,7 +37,7 @@ def _sign_fixed_eigh(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
     """symmetric_eigh with v_1 flipped so that sum(v_1) >= 0.
 
     Since Z u_1 = sigma_1 v_1, sum(v_1) >= 0 is PMRL's sign convention
-    sum_m <u_1, z_m> >= 0 (MATH.md section 3): u_1 points along the modalities, not
+    sum_m <u_1, z_m> >= 0 (docs/math.md, "PMRL"): u_1 points along the modalities, not
     against them, so repelling leading directions cannot pair instances anti-parallel.
     When the sum is zero up to rounding (e.g. k = 2 with an obtuse angle, where u_1 is
     along z_1 - z_2) the tie goes to the first modality: <u_1, z_1> >= 0.

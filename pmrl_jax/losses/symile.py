@@ -1,4 +1,4 @@
-"""Symile: contrastive learning with the multilinear inner product (MATH.md section 4)."""
+"""Symile: contrastive learning with the multilinear inner product (docs/math.md, "Baselines")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TRIANGLE: the area spanned by three unit embeddings (MATH.md section 4), k = 3."""
+"""TRIANGLE: the area spanned by three unit embeddings (docs/math.md, "Baselines"), k = 3."""
 
 from __future__ import annotations
 

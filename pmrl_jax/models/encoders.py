@@ -2,6 +2,8 @@
 tokens `[B, n, width]` (the matching head reads these) and a pooled vector `[B, width]`
 (the projection head reads this).
 
+    adapter      inputs that are already embeddings [B, D] -> one token, of the shared
+                 width (no projection follows), starting as the identity
     mlp          feature vectors [B, D]                  -> one token
     transformer  token ids [B, T] (text; 0 = padding)    -> T tokens, mean-pooled over non-padding
     vit          images [B, H, W, C] or video [B, F, H, W, C] (frames encoded alike, then
@@ -35,6 +37,51 @@ class MLPEncoder(nnx.Module):
             x = self.dropout(jax.nn.gelu(layer(x)), deterministic=rngs is None, rngs=rngs)
         pooled = self.norm(x)
         return pooled[:, None, :], pooled
+
+
+def _isometry(shape: tuple[int, int], dtype) -> jax.Array:
+    """[D, out]: the identity (D = out), [I 0] (D < out: an isometry), or a fixed random
+    orthogonal projection (D > out). It depends on the shape alone, so every modality of
+    one width gets the same map."""
+    rows, columns = shape
+    if rows <= columns:
+        return jnp.eye(rows, columns, dtype=dtype)
+    return jax.nn.initializers.orthogonal()(jax.random.key(0), shape, dtype)
+
+
+class FeatureAdapter(nnx.Module):
+    """For inputs that are already embeddings (a pretrained encoder's output):
+
+        y = x A + b + MLP(x),   [B, D] -> one token [B, 1, out] and y [B, out]
+
+    A starts as `_isometry`, b at 0, and the residual MLP (`depth` hidden layers of
+    `width`, GELU, dropout) ends in a zero-initialised layer, so at initialisation y = x
+    (D = out) and the cosine between two modalities' outputs is their inputs' cosine
+    (D <= out): training starts from the frozen inputs' retrieval. `depth` 0: linear only.
+    """
+
+    def __init__(self, in_features: int, *, out_features: int, width: int, depth: int = 1, dropout: float = 0.0,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        if depth < 0:
+            raise ValueError(f"adapter depth must be >= 0; got {depth}")
+        self.linear = nnx.Linear(in_features, out_features, dtype=dtype, rngs=rngs,
+                                 kernel_init=lambda key, shape, dtype: _isometry(shape, dtype))
+        sizes = [in_features] + [width] * depth
+        self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.residual_out = (nnx.Linear(width, out_features, dtype=dtype, rngs=rngs,
+                                        kernel_init=nnx.initializers.zeros_init()) if depth else None)
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+        if x.ndim != 2:
+            raise ValueError(f"the adapter encoder takes feature vectors [batch, features]; got shape {x.shape}")
+        y = self.linear(x)
+        if self.residual_out is not None:
+            h = x
+            for layer in self.hidden:
+                h = self.dropout(jax.nn.gelu(layer(h)), deterministic=rngs is None, rngs=rngs)
+            y = y + self.residual_out(h)
+        return y[:, None, :], y
 
 
 class TransformerBlock(nnx.Module):

@@ -1,5 +1,5 @@
 """The matching head: GRAM's data-anchor matching (DAM, "ITM" in its code) and PMRL's
-instance matching (IM). MATH.md section 2.
+instance matching (IM). docs/math.md, "The matching head".
 
 A cross-encoder reads the anchor modality's tokens, cross-attends to the concatenated
 tokens of the other modalities, and a 2-way head (Linear, GELU, LayerNorm, Linear) on the

@@ -1,5 +1,6 @@
-"""The multimodal model: one encoder and one projection per modality into a shared
-L2-normalised space, a learnable temperature, and an optional matching head."""
+"""The multimodal model: per modality an optional input standardisation, an encoder and
+a projection into a shared L2-normalised space (an `adapter` encoder maps into that space
+itself), a learnable temperature, and an optional matching head."""
 
 from __future__ import annotations
 
@@ -14,7 +15,23 @@ from pmrl_jax.losses import l2_normalize
 from pmrl_jax.models import encoders
 from pmrl_jax.models.matching import MatchingHead
 
-ENCODER_KINDS = ("mlp", "transformer", "vit", "audio")
+ENCODER_KINDS = ("adapter", "mlp", "transformer", "vit", "audio")
+
+
+class InputStatistic(nnx.Variable):
+    """A statistic of the training inputs: model state saved with the checkpoint, not a
+    parameter."""
+
+
+class Standardize(nnx.Module):
+    """(x - mean) / std per feature, with the train split's statistics."""
+
+    def __init__(self, mean, std):
+        self.mean = InputStatistic(jnp.asarray(mean, jnp.float32))
+        self.std = InputStatistic(jnp.asarray(std, jnp.float32))
+
+    def __call__(self, x):
+        return ((x - self.mean[...]) / self.std[...]).astype(x.dtype)
 
 
 class Temperature(nnx.Module):
@@ -32,8 +49,14 @@ class Temperature(nnx.Module):
         return jnp.exp(jnp.clip(self.log_temperature[...], np.log(self.minimum), np.log(self.maximum)))
 
 
-def build_encoder(kind: str, example_shape: tuple[int, ...], *, width: int, dtype, rngs: nnx.Rngs, **options):
+def build_encoder(kind: str, example_shape: tuple[int, ...], *, width: int, embed_dim: int, dtype, rngs: nnx.Rngs,
+                  **options):
     """`example_shape` is one example's shape (no batch axis), used to size the input layer."""
+    if kind == "adapter":
+        if len(example_shape) != 1:
+            raise ValueError(f"the adapter encoder takes feature vectors; an example has shape {example_shape}")
+        return encoders.FeatureAdapter(example_shape[0], out_features=embed_dim, width=width, dtype=dtype, rngs=rngs,
+                                       **options)
     if kind == "mlp":
         if len(example_shape) != 1:
             raise ValueError(f"the mlp encoder takes feature vectors; an example has shape {example_shape}")
@@ -55,19 +78,34 @@ def build_encoder(kind: str, example_shape: tuple[int, ...], *, width: int, dtyp
 
 
 class MultimodalModel(nnx.Module):
+    """`statistics` {modality: (mean, std)} standardises those (feature-vector)
+    modalities inside the model; zeros and ones stand in where the values are to be
+    restored from a checkpoint."""
+
     def __init__(self, modalities: Sequence[str], example_shapes: Mapping[str, tuple[int, ...]],
                  encoder_options: Mapping[str, Mapping], *, width: int, embed_dim: int, temperature: Mapping,
-                 matching: Mapping | None, dtype=jnp.float32, rngs: nnx.Rngs):
+                 matching: Mapping | None, statistics: Mapping[str, tuple] | None = None, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         self.modalities = tuple(modalities)
+        statistics = dict(statistics or {})
+        self.standardize = nnx.Dict({name: Standardize(*statistics[name]) for name in self.modalities
+                                     if name in statistics})
         self.encoders = nnx.Dict({
-            name: build_encoder(example_shape=tuple(example_shapes[name]), width=width, dtype=dtype, rngs=rngs,
-                                **dict(encoder_options[name]))
+            name: build_encoder(example_shape=tuple(example_shapes[name]), width=width, embed_dim=embed_dim,
+                                dtype=dtype, rngs=rngs, **dict(encoder_options[name]))
             for name in self.modalities
         })
+        # An adapter maps into the shared space itself; every other encoder is projected.
+        projected = [name for name in self.modalities if encoder_options[name]["kind"] != "adapter"]
         self.projections = nnx.Dict({name: nnx.Linear(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
-                                     for name in self.modalities})
+                                     for name in projected})
         self.temperature = Temperature(**dict(temperature))
-        self.matching = MatchingHead(width, dtype=dtype, rngs=rngs, **dict(matching)) if matching else None
+        token_widths = {name: width if name in projected else embed_dim for name in self.modalities}
+        if matching and len(set(token_widths.values())) > 1:
+            raise ValueError(f"the matching head reads every modality's tokens, which need one width; the encoders "
+                             f"give {token_widths} (width for projected encoders, embed_dim for adapters)")
+        self.matching = (MatchingHead(next(iter(token_widths.values())), dtype=dtype, rngs=rngs, **dict(matching))
+                         if matching else None)
 
     def __call__(self, batch: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):
         """`rngs` (with a `dropout` stream) turns dropout on; without it the model is
@@ -75,6 +113,9 @@ class MultimodalModel(nnx.Module):
         tokens {modality: [B, n, width]})."""
         tokens, embeddings = {}, []
         for name in self.modalities:
-            tokens[name], pooled = self.encoders[name](batch[name], rngs=rngs)
-            embeddings.append(self.projections[name](pooled).astype(jnp.float32))
+            x = self.standardize[name](batch[name]) if name in self.standardize else batch[name]
+            tokens[name], pooled = self.encoders[name](x, rngs=rngs)
+            if name in self.projections:
+                pooled = self.projections[name](pooled)
+            embeddings.append(pooled.astype(jnp.float32))
         return l2_normalize(jnp.stack(embeddings, axis=1)), tokens

@@ -1,4 +1,5 @@
-"""Ranks of the true match without an N x N score matrix (MATH.md section 5).
+"""Ranks of the true match without an N x N score matrix: the one place where ranks are
+counted on the devices (`rank_among` is the same rule on the host, for short lists).
 
 Query i's true match is candidate i. Its rank is 1 + the number of other candidates
 scoring at least as high (ties, and NaN scores, count against the model). The queries
@@ -24,6 +25,15 @@ from pmrl_jax import losses as L
 from pmrl_jax.sharding import BATCH_AXES
 
 DEFAULT_TILE = 1024
+
+
+def rank_among(own: np.ndarray, others: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """1 + the number of `others` [N, M] (where `valid`) scoring at least as high as
+    `own` [N]: ties and NaN count against the model."""
+    at_least_as_good = ~(others < np.asarray(own)[:, None])
+    if valid is not None:
+        at_least_as_good &= valid
+    return 1 + at_least_as_good.sum(axis=1)
 
 
 def _global_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:

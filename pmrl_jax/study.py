@@ -1,0 +1,229 @@
+"""The study: every method on every dataset, several seeds, the same tasks, one table.
+
+    python -m pmrl_jax.study --config=configs/study.py [--workdir=runs/study]
+        [--config.features_directory=DIR]   # also a features directory (e.g. the WordNet views)
+    python -m pmrl_jax.study --config=configs/study.py:smoke   # a minute: tiny runs, two seeds
+
+Each run is the training job itself (`configs/<method>.py`, with the dataset's and the
+seed's overrides): it trains with the method's equal step budget, selects its step on
+validation, and evaluates on the test split. The study then writes `results.md` (mean
++- standard deviation over the seeds, one row per method, the frozen inputs first where
+they can be compared) and `robustness_<dataset>.png` into its workdir, and
+`results.json` with every run's figures. A run already done (its `study_run.json` is
+there) is read back, not trained again, so an interrupted study resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "the study's config file, e.g. configs/study.py")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/study", "where the runs, results.md and the plots go")
+
+RUN_FILE = "study_run.json"
+
+
+def datasets(study) -> dict[str, dict]:
+    """{dataset label: dotted config overrides}: the embedded data, and the features
+    directory when one is given."""
+    from pmrl_jax.configs import ConfigError
+
+    chosen = {}
+    if study.embedded:
+        chosen["uci_multiple_features"] = {}
+    if study.features_directory:
+        chosen[os.path.basename(os.path.normpath(study.features_directory))] = {
+            "data.name": "features", "data.options.directory": study.features_directory}
+    if not chosen:
+        raise ConfigError("the study has no dataset: config.embedded is False and no config.features_directory")
+    return chosen
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_config(study, method: str, overrides: dict, seed: int):
+    from pmrl_jax.configs import load_config_file
+
+    config = load_config_file(os.path.join(study.method_configs, f"{method}.py") + (":smoke" if study.smoke else ""))
+    for path, value in {**overrides, **_dotted(study.overrides.to_dict()), "seed": seed}.items():
+        *parents, key = path.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    return config
+
+
+def run_one(config, workdir: str) -> dict:
+    """Trains, selects and evaluates one run (the training job's steps); the figures the
+    study reads, also written to `workdir/study_run.json`."""
+    from pmrl_jax import evaluation, train
+    from pmrl_jax.workdir import write_atomically
+
+    path = os.path.join(workdir, RUN_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    start = time.perf_counter()
+    trainer, _ = train.train(config, workdir)
+    seconds = time.perf_counter() - start
+    state, record = train.selected_state(trainer, workdir)
+    results = evaluation.evaluate(trainer, state, workdir, record)
+    figures = {"figures": figures_of(results, trainer.config), "train_seconds": seconds,
+               "config": {"loss": trainer.config.loss.name, "anchor": trainer.config.loss.anchor,
+                          "modalities": list(trainer.config.data.modalities), "num_steps": trainer.config.num_steps,
+                          "seed": trainer.config.seed}}
+    write_atomically(path, json.dumps(figures, indent=2))
+    return figures
+
+
+def _short(direction: str, anchor: str) -> str:
+    query, _, _ = direction.partition("->")
+    return "anchor->rest" if query == anchor else "rest->anchor"
+
+
+def figures_of(results: dict, config) -> dict:
+    """{column: value} of one run's results, and {"frozen/" + column: value} for the inputs."""
+    evals, anchor = results["evals"], config.loss.anchor
+    retrieval = evals["retrieval"]
+    figures = {"pairwise R@1": retrieval["any_to_any"]["mean"]["R@1"]}
+    for direction, row in retrieval["set_queries"].items():
+        figures[f"{_short(direction, anchor)} R@1 ({retrieval['set_similarity']})"] = row["R@1"]
+    frozen = retrieval.get("frozen", {})
+    if "any_to_any" in frozen:
+        figures["frozen/pairwise R@1"] = frozen["any_to_any"]["mean"]["R@1"]
+        for direction, row in frozen["set_queries"].items():
+            figures[f"frozen/{_short(direction, anchor)} R@1 ({retrieval['set_similarity']})"] = row["R@1"]
+    for direction, value in evals.get("rerank", {}).items():
+        if isinstance(value, dict):
+            figures[f"{_short(direction, anchor)} R@1 (re-ranked)"] = value["reranked"]["R@1"]
+    if "robustness" in evals:
+        for level, recall in zip(evals["robustness"]["levels"], evals["robustness"]["R@1"], strict=True):
+            figures[f"robustness/{level:g}"] = recall
+    selection = results.get("selection") or {}
+    if selection.get("best_step") is not None:
+        figures["chosen step"] = selection["best_step"]
+    return figures
+
+
+def summarise(values: list[float], digits: int = 3) -> str:
+    """"mean ± std" (the sample standard deviation over the seeds)."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    """A markdown table: one row per method (the frozen inputs first when present), one
+    column per figure, mean ± std over the seeds."""
+    methods = list(runs)
+    columns = []
+    for method in methods:
+        for run in runs[method]:
+            for name in run["figures"]:
+                if not name.startswith(("frozen/", "robustness/")) and name not in columns:
+                    columns.append(name)
+    lines = ["| method | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 2) + "|"]
+    frozen = [run["figures"] for method in methods for run in runs[method]
+              if any(name.startswith("frozen/") for name in run["figures"])]
+    if frozen:
+        cells = [summarise([frozen[0][f"frozen/{c}"]]) if f"frozen/{c}" in frozen[0] else "" for c in columns]
+        lines.append("| frozen inputs (cosine) | " + " | ".join(cells) + " | |")
+    for method in methods:
+        cells = []
+        for column in columns:
+            values = [run["figures"][column] for run in runs[method] if column in run["figures"]]
+            cells.append(summarise(values, 0 if column == "chosen step" else 3) if values else "")
+        seconds = [run["train_seconds"] for run in runs[method]]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean(seconds):.0f} |")
+    return "\n".join(lines)
+
+
+def robustness_curves(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    curves = {}
+    for method, method_runs in runs.items():
+        levels = sorted({float(name.split("/")[1]) for run in method_runs for name in run["figures"]
+                         if name.startswith("robustness/")})
+        if levels:
+            curves[method] = {"levels": levels, "R@1": [
+                float(np.mean([run["figures"][f"robustness/{level:g}"] for run in method_runs])) for level in levels]}
+    return curves
+
+
+def report(study, everything: dict, workdir: str) -> str:
+    from pmrl_jax import plots
+    from pmrl_jax.workdir import write_atomically
+
+    seeds = len(study.seeds)
+    parts = [f"# Study: {', '.join(study.methods)} on {', '.join(everything)}",
+             "",
+             f"Test split; each cell is the mean ± standard deviation over {seeds} seed(s) "
+             f"({', '.join(map(str, study.seeds))}); R@1 with ties counted against the model. "
+             f"Each run trains its method's config, chooses its step by mean validation R@1, and is "
+             f"evaluated at that step. 'pairwise' is the mean over every ordered pair of modalities "
+             f"(cosine); 'anchor->rest' queries the anchor against the set of the other modalities "
+             f"and 'rest->anchor' the reverse; 'train s' is the wall time of training, compilation "
+             f"and validation included. Regenerate: `python -m pmrl_jax.study --config=configs/study.py"
+             f"{' --config.features_directory=DIR' if study.features_directory else ''}`."]
+    for dataset, runs in everything.items():
+        first = next(iter(runs.values()))[0]["config"]
+        parts += ["", f"## {dataset}", "",
+                  f"modalities {first['modalities']}, anchor `{first['anchor']}`, {first['num_steps']} steps", "",
+                  table(runs)]
+        curves = robustness_curves(runs)
+        if curves:
+            name = f"robustness_{dataset}.png"
+            plots.robustness_plot(curves, os.path.join(workdir, name))
+            parts += ["", f"![robustness]({name})"]
+    text = "\n".join(parts) + "\n"
+    write_atomically(os.path.join(workdir, "results.md"), text)
+    write_atomically(os.path.join(workdir, "results.json"), json.dumps(everything, indent=2))
+    return text
+
+
+def run_study(study, workdir: str) -> str:
+    everything = {}
+    for dataset, overrides in datasets(study).items():
+        everything[dataset] = {}
+        for method in study.methods:
+            everything[dataset][method] = []
+            for seed in study.seeds:
+                run_dir = os.path.join(workdir, dataset, method, f"seed_{seed}")
+                print(f"study: {dataset} / {method} / seed {seed} -> {run_dir}", flush=True)
+                everything[dataset][method].append(run_one(run_config(study, method, overrides, seed), run_dir))
+    return report(study, everything, workdir)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    from pmrl_jax.configs import ConfigError
+    from pmrl_jax.data.features import FeaturesError
+
+    try:
+        text = run_study(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, FeaturesError, FileNotFoundError) as error:
+        raise SystemExit(f"pmrl_jax.study: {error}") from None
+    print(text)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
