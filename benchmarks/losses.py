@@ -17,14 +17,13 @@ products on Eigen (it contracts the first axis), which is slower than the others
 Products: the same three products with nothing else, the one that contracts the first axis
 made a standard product by materialising the transpose first (as GRAM does): the least
 any loss of this shape can cost on this backend.
-Targets (issue 2): GRAM at B = 1024, k = 3 within 3.5x of the matmul; PMRL at least 20x
-faster than the SVD formulation at B = 256, k = 3. GRAM's target size runs 100 rounds
-(--target-repeats), about 11 s, against 20 (2 s) for the others. On this shared host the
-load from other tenants comes and goes over seconds, and it can slow GRAM's memory-bound
-elementwise work more than the compute-bound matmul; more rounds make it likelier that the
-best times come from a quiet stretch, and the script prints the ratio and both best times
-within each run of --repeats consecutive rounds so that the spread shows. Load that lasts
-the whole run still raises the ratio.
+Targets: GRAM at B = 1024, k = 3 within 3.5x of the matmul; PMRL at least 20x faster
+than the SVD formulation at B = 256, k = 3 (docs/performance.md). GRAM's target size
+runs 100 rounds (--target-repeats) against 20 for the others: on a shared host the load
+of other tenants comes and goes over seconds and slows GRAM's memory-bound elementwise
+work more than the compute-bound matmul; more rounds make it likelier that the best
+times come from a quiet stretch, and the script prints the ratio and both best times
+within each run of --repeats consecutive rounds so that the spread shows.
 
 "temp MiB" is the library program's temporary buffer (XLA's memory analysis) and "faults"
 the minor page faults per call. XLA:CPU allocates that buffer on every call; glibc serves

@@ -6,8 +6,8 @@ unblocked, on 1, 2, 4 and 8 fake CPU devices, in one run (compiled, never run):
 `compiled.memory_analysis().temp_size_in_bytes` of `jax.jit(jax.grad(loss))` with the
 global batch [B, 3, d] sharded over the devices. The unblocked loss under GSPMD keeps
 [B / n, B] scores per device; the blocked one (`pmrl_jax.losses.blocked`) passes the
-candidates round a ring and holds [B / n, B / n]. Target (issue 7): blocked at 8
-devices <= 1/6 of the 1-device figure.
+candidates round a ring and holds [B / n, B / n]. Target: blocked at 8 devices <= 1/6
+of the 1-device figure.
 """
 
 from __future__ import annotations

@@ -18,5 +18,4 @@ def get_config(arg=None):
     config.warm_start.loss = "clip"
     config.warm_start.steps = 1400
     config.evals = config.evals + ("rerank",)
-    config.eval.set_similarity = "volume"
     return finalize(config, arg)

@@ -20,5 +20,4 @@ def get_config(arg=None):
     config.warm_start.loss = "clip"
     config.warm_start.steps = 1400
     config.evals = config.evals + ("rerank",)
-    config.eval.set_similarity = "sigma1"
     return finalize(config, arg)

@@ -12,7 +12,9 @@ from ml_collections import ConfigDict
 def get_config(arg=None):
     config = ConfigDict()
     config.method_configs = os.path.dirname(os.path.abspath(__file__))  # configs/<method>.py
-    config.methods = ("clip", "all_pairs", "gram", "pmrl", "symile")
+    config.methods = ("clip", "all_pairs", "gram", "pmrl", "symile", "triangle")
+    # The set measures reported (each run scores every one of its config.eval.set_similarities).
+    config.set_similarities = ("cosine", "mean_cosine", "volume", "normalized_volume", "sigma1")
     config.seeds = (0, 1, 2)
     config.embedded = True                 # the embedded data (UCI Multiple Features)
     config.features_directory = ""         # and a features directory, e.g. the WordNet views

@@ -77,13 +77,19 @@ def _check_losses(config: ml_collections.ConfigDict) -> None:
         if config.loss.blocked and name and OBJECTIVES[name].blocked is None:
             raise ConfigError(f"config.loss.blocked=True, but {field}={name!r} has no blocked form; blocked: "
                               f"{', '.join(n for n, o in OBJECTIVES.items() if o.blocked)}")
+    if config.loss.regularization_scope not in ("global", "device"):
+        raise ConfigError(f"config.loss.regularization_scope={config.loss.regularization_scope!r}; expected "
+                          f"'global' or 'device'")
     for field in ("alignment_temperature", "regularization_temperature"):
         if config.loss[field] <= 0:
             raise ConfigError(f"config.loss.{field} must be > 0; got {config.loss[field]}")
-    for field in ("loss.similarity", "eval.similarity", "eval.set_similarity"):
+    for field in ("loss.similarity", "eval.similarity"):
         value = functools.reduce(getattr, field.split("."), config)
         if value not in L.similarity_names():
             raise ConfigError(f"config.{field}={value!r}; known: {', '.join(L.similarity_names())}")
+    unknown = [m for m in config.eval.set_similarities if m not in L.similarity_names()]
+    if unknown:
+        raise ConfigError(f"config.eval.set_similarities names {unknown}; known: {', '.join(L.similarity_names())}")
 
 
 def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],

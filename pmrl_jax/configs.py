@@ -94,6 +94,9 @@ def get_base_config() -> ConfigDict:
     config.loss.alignment_temperature = 0.05       # PMRL tau1
     config.loss.regularization_temperature = 0.1   # PMRL tau2
     config.loss.regularization_weight = 1.0        # PMRL weight of L_M'
+    # PMRL's L_M' repels the leading directions over the global batch ("global"), or
+    # within each device's rows ("device", as the paper's code: 16 per device there).
+    config.loss.regularization_scope = "global"
     config.loss.similarity = "cosine"              # measure for the matching head's hard negatives
     # The loss over a ring of devices (pmrl_jax.losses.blocked): no device holds the
     # [B, B] score matrix, for global batches whose matrix does not fit.
@@ -128,10 +131,12 @@ def get_base_config() -> ConfigDict:
     config.eval.every = 100
     config.eval.patience = 0                       # stop after this many evaluations without a better one; 0: never
     config.eval.similarity = "cosine"              # any-to-any retrieval measure (pmrl_jax.losses registry)
-    # e.g. ("pix->fac+kar", "fac+kar->pix"). None: the anchor against all the other
-    # modalities, and back (k >= 3); () for none.
+    # e.g. ("pix->fac+kar", "fac+kar->pix"). None: the anchor against the first 1, 2, ..
+    # of the other modalities (GRAM's t->v, t->va, t->vas: missing modalities at test
+    # time), and all of them against the anchor (k >= 3); () for none.
     config.eval.set_queries = config_dict.placeholder(tuple)
-    config.eval.set_similarity = "volume"          # measure for set queries
+    # The measures set queries are scored by (pmrl_jax.losses registry), each in turn.
+    config.eval.set_similarities = ("cosine", "mean_cosine", "volume", "normalized_volume", "sigma1")
     config.eval.rerank_top_k = 50                  # candidates the matching head re-scores
     config.eval.noise_levels = (0.0, 0.5, 1.0, 2.0)  # robustness: noise std, per feature std of the train split
     # classification: a .npy with one input of this modality per class, in label order

@@ -41,10 +41,12 @@ def anchor_index(config: ml_collections.ConfigDict) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What the objectives read from the config: the anchor's index and `config.loss`."""
+    """What the objectives read from the config: the anchor's index, `config.loss`, and
+    the number of devices the batch is split over (PMRL's device-scope regulariser)."""
 
     anchor: int
     loss: ml_collections.ConfigDict
+    devices: int = 1
 
 
 def _clip(loss, z, temperature, s: Settings):
@@ -66,9 +68,14 @@ def _anchor_against_others(loss, z, temperature, s: Settings):
 
 def _pmrl(loss, z, temperature, s: Settings):
     del temperature  # PMRL's two temperatures are fixed hyperparameters, not the model's
-    return loss(z, alignment_temperature=s.loss.alignment_temperature,
-                regularization_temperature=s.loss.regularization_temperature,
-                regularization_weight=s.loss.regularization_weight)
+    options = dict(alignment_temperature=s.loss.alignment_temperature,
+                   regularization_temperature=s.loss.regularization_temperature,
+                   regularization_weight=s.loss.regularization_weight)
+    if s.loss.regularization_scope == "device":
+        # Each device's rows repel among themselves: local, so the plain loss is bounded
+        # in memory too (blocked or not).
+        return L.pmrl_loss(z, regularization_groups=s.devices, **options)
+    return loss(z, **options)
 
 
 def _symile(loss, z, temperature, s: Settings):
@@ -119,12 +126,13 @@ def check_objective(name: str, num_modalities: int, field: str = "config.loss.na
     return objective
 
 
-def objective_fn(name: str, config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def objective_fn(name: str, config: ml_collections.ConfigDict,
+                 devices: int = 1) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """`(z [B, k, d], temperature) -> scalar` for the loss `name` under `config`, blocked
-    when `config.loss.blocked` is set."""
+    when `config.loss.blocked` is set; `devices`: those the batch is split over."""
     objective = OBJECTIVES[name]
     loss = objective.blocked if config.loss.blocked else objective.plain
     if loss is None:
         raise ConfigError(f"config.loss.blocked=True, but the loss {name!r} has no blocked form; blocked: "
                           f"{', '.join(n for n, o in OBJECTIVES.items() if o.blocked)}")
-    return functools.partial(objective.call, loss, s=Settings(anchor_index(config), config.loss))
+    return functools.partial(objective.call, loss, s=Settings(anchor_index(config), config.loss, devices))

@@ -12,7 +12,8 @@ The decisions, in order:
                    fewer (triangle: 3) or `data.num_modalities` asks for fewer, the anchor
                    and the first others
   anchor           the named one (`loss.anchor`), else the first modality
-  set queries      the anchor against all the others, and back (k >= 3)
+  set queries      the anchor against the first 1, 2, .. of the others, and all of
+                   them against the anchor (k >= 3)
   dataset defaults the fields the dataset sets (`Dataset.defaults` in the registry)
   encoder kind     `mlp`
   embed_dim        the inputs' width when every modality is an `adapter` of inputs of
@@ -91,10 +92,13 @@ def choose_modalities(config: ml_collections.ConfigDict, available: tuple[str, .
 
 
 def default_set_queries(modalities, anchor: str) -> tuple[str, ...]:
+    """The anchor against the first 1, 2, .. of the other modalities, and all of them
+    against the anchor (k >= 3)."""
     if len(modalities) < 3:
         return ()
-    others = "+".join(m for m in modalities if m != anchor)
-    return (f"{anchor}->{others}", f"{others}->{anchor}")
+    others = [m for m in modalities if m != anchor]
+    growing = tuple(f"{anchor}->{'+'.join(others[:j])}" for j in range(1, len(others) + 1))
+    return growing + (f"{'+'.join(others)}->{anchor}",)
 
 
 def resolve(config: ml_collections.ConfigDict, shapes_of=None) -> tuple[ml_collections.ConfigDict, list[str]]:

@@ -93,26 +93,33 @@ def run_one(config, workdir: str) -> dict:
     return figures
 
 
-def _short(direction: str, anchor: str) -> str:
-    query, _, _ = direction.partition("->")
-    return "anchor->rest" if query == anchor else "rest->anchor"
+def _label(direction: str, anchor: str, others: int) -> str:
+    """"anchor->rest", "rest->anchor", or "anchor->j" for the anchor against j others."""
+    query, _, candidates = direction.partition("->")
+    if query != anchor:
+        return "rest->anchor"
+    count = len(candidates.split("+"))
+    return "anchor->rest" if count == others else f"anchor->{count}"
 
 
 def figures_of(results: dict, config) -> dict:
     """{column: value} of one run's results, and {"frozen/" + column: value} for the inputs."""
     evals, anchor = results["evals"], config.loss.anchor
+    others = len(config.data.modalities) - 1
     retrieval = evals["retrieval"]
     figures = {"pairwise R@1": retrieval["any_to_any"]["mean"]["R@1"]}
-    for direction, row in retrieval["set_queries"].items():
-        figures[f"{_short(direction, anchor)} R@1 ({retrieval['set_similarity']})"] = row["R@1"]
+    for measure, table in retrieval["set_queries"].items():
+        for direction, row in table.items():
+            figures[f"{_label(direction, anchor, others)} R@1 ({measure})"] = row["R@1"]
     frozen = retrieval.get("frozen", {})
     if "any_to_any" in frozen:
         figures["frozen/pairwise R@1"] = frozen["any_to_any"]["mean"]["R@1"]
-        for direction, row in frozen["set_queries"].items():
-            figures[f"frozen/{_short(direction, anchor)} R@1 ({retrieval['set_similarity']})"] = row["R@1"]
+        for measure, table in frozen["set_queries"].items():
+            for direction, row in table.items():
+                figures[f"frozen/{_label(direction, anchor, others)} R@1 ({measure})"] = row["R@1"]
     for direction, value in evals.get("rerank", {}).items():
         if isinstance(value, dict):
-            figures[f"{_short(direction, anchor)} R@1 (re-ranked)"] = value["reranked"]["R@1"]
+            figures[f"{_label(direction, anchor, others)} R@1 (re-ranked)"] = value["reranked"]["R@1"]
     if "robustness" in evals:
         for level, recall in zip(evals["robustness"]["levels"], evals["robustness"]["R@1"], strict=True):
             figures[f"robustness/{level:g}"] = recall
@@ -129,30 +136,49 @@ def summarise(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def table(runs: dict[str, list[dict]]) -> str:
-    """A markdown table: one row per method (the frozen inputs first when present), one
-    column per figure, mean ± std over the seeds."""
-    methods = list(runs)
-    columns = []
-    for method in methods:
-        for run in runs[method]:
-            for name in run["figures"]:
-                if not name.startswith(("frozen/", "robustness/")) and name not in columns:
-                    columns.append(name)
-    lines = ["| method | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 2) + "|"]
-    frozen = [run["figures"] for method in methods for run in runs[method]
-              if any(name.startswith("frozen/") for name in run["figures"])]
-    if frozen:
-        cells = [summarise([frozen[0][f"frozen/{c}"]]) if f"frozen/{c}" in frozen[0] else "" for c in columns]
-        lines.append("| frozen inputs (cosine) | " + " | ".join(cells) + " | |")
-    for method in methods:
+def table(runs: dict[str, list[dict]], columns: list[str], with_time: bool = False) -> str:
+    """A markdown table: one row per method (the frozen inputs first where they have the
+    figures), one column per figure, mean ± std over the seeds. A method run on other
+    modalities than the first method's says which."""
+    header = ["method"] + [c.replace("|", "/") for c in columns] + (["train s"] if with_time else [])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    reference = next(iter(runs.values()))[0]["config"]["modalities"]
+    frozen = next((run["figures"] for method_runs in runs.values() for run in method_runs
+                   if any(name.startswith("frozen/") for name in run["figures"])), None)
+    if frozen and any(f"frozen/{c}" in frozen for c in columns):
+        cells = [summarise([frozen[f"frozen/{c}"]]) if f"frozen/{c}" in frozen else "" for c in columns]
+        lines.append("| frozen inputs | " + " | ".join(cells) + (" | |" if with_time else " |"))
+    for method, method_runs in runs.items():
+        modalities = method_runs[0]["config"]["modalities"]
+        label = method if modalities == reference else f"{method} ({', '.join(modalities)})"
         cells = []
         for column in columns:
-            values = [run["figures"][column] for run in runs[method] if column in run["figures"]]
+            values = [run["figures"][column] for run in method_runs if column in run["figures"]]
             cells.append(summarise(values, 0 if column == "chosen step" else 3) if values else "")
-        seconds = [run["train_seconds"] for run in runs[method]]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean(seconds):.0f} |")
+        if with_time:
+            cells.append(f"{np.mean([run['train_seconds'] for run in method_runs]):.0f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def tables(runs: dict[str, list[dict]], measures) -> list[tuple[str, str]]:
+    """(title, markdown table) for each group of figures: pairwise retrieval, the anchor
+    against the set of the others and back by each measure, and the anchor against
+    growing subsets of the others."""
+    names = {name for method_runs in runs.values() for run in method_runs for name in run["figures"]}
+    groups = [("Pairwise retrieval (cosine), and the step model selection chose", ["pairwise R@1", "chosen step"],
+               True)]
+    for direction in ("anchor->rest", "rest->anchor"):
+        columns = [f"{direction} R@1 ({m})" for m in measures] + [f"{direction} R@1 (re-ranked)"]
+        groups.append((f"Set queries {direction}: R@1 by measure", [c for c in columns if c in names], False))
+    counts = sorted({int(name.split(" ")[0].split("->")[1]) for name in names
+                     if name.startswith("anchor->") and name.split(" ")[0].split("->")[1].isdigit()})
+    if counts:
+        columns = [f"anchor->{j} R@1 ({m})" for m in ("cosine", "normalized_volume")
+                   for j in [*counts, "rest"]]
+        groups.append(("The anchor against its first j other modalities (missing modalities at test time)",
+                       [c for c in columns if c in names], False))
+    return [(title, table(runs, columns, with_time)) for title, columns, with_time in groups if columns]
 
 
 def robustness_curves(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -184,8 +210,9 @@ def report(study, everything: dict, workdir: str) -> str:
     for dataset, runs in everything.items():
         first = next(iter(runs.values()))[0]["config"]
         parts += ["", f"## {dataset}", "",
-                  f"modalities {first['modalities']}, anchor `{first['anchor']}`, {first['num_steps']} steps", "",
-                  table(runs)]
+                  f"modalities {first['modalities']}, anchor `{first['anchor']}`, {first['num_steps']} steps"]
+        for title, text in tables(runs, study.set_similarities):
+            parts += ["", f"### {title}", "", text]
         curves = robustness_curves(runs)
         if curves:
             name = f"robustness_{dataset}.png"

@@ -169,7 +169,7 @@ class Trainer:
 
     def _make_step(self, loss_name: str):
         config, graphdef = self.config, self.graphdef
-        loss_fn = objective_fn(loss_name, config)
+        loss_fn = objective_fn(loss_name, config, self.mesh.size)
         anchor = anchor_index(config)
         modalities = list(config.data.modalities)
         others = [m for i, m in enumerate(modalities) if i != anchor]
@@ -190,7 +190,8 @@ class Trainer:
                     anchor_z, others_z = split_anchor(z, anchor)
                     match = matching_loss(model.matching, tokens[modalities[anchor]],
                                           jnp.concatenate([tokens[m] for m in others], axis=1),
-                                          similarity(anchor_z[:, None], others_z), negatives_key)
+                                          similarity(anchor_z[:, None], others_z), negatives_key,
+                                          model.temperature())
                     metrics["matching_loss"] = match
                     total = total + matching_weight * match
                 return total, (metrics, ~jnp.all(jnp.isfinite(z), axis=(0, 2)))

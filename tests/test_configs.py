@@ -48,7 +48,8 @@ def test_defaults_follow_the_papers():
 def test_the_data_decides_what_the_config_leaves_open():
     clip = resolved("clip", None)
     assert clip.data.modalities == ("pix", "fac", "kar", "fou", "zer", "mor") and clip.loss.anchor == "pix"
-    assert clip.eval.set_queries == ("pix->fac+kar+fou+zer+mor", "fac+kar+fou+zer+mor->pix")
+    assert clip.eval.set_queries == ("pix->fac", "pix->fac+kar", "pix->fac+kar+fou", "pix->fac+kar+fou+zer",
+                                     "pix->fac+kar+fou+zer+mor", "fac+kar+fou+zer+mor->pix")
     assert (clip.data.gaussian_noise, clip.data.gaussian_noise_exclude) == (0.5, ("mor",))
     assert (clip.model.encoder.kind, clip.model.embed_dim, clip.model.standardize) == ("mlp", 128, False)
     # TRIANGLE takes three: the anchor and the next two; a named anchor comes first.
@@ -95,7 +96,7 @@ def _field(config, path):
     ("model.temperature.initial", 0.0, "config.model.temperature"),
     ("loss.alignment_temperature", -1.0, "config.loss.alignment_temperature must be > 0"),
     ("data.batch_size", 30, "config.data.batch_size=30"),
-    ("eval.set_similarity", "cos", "config.eval.set_similarity='cos'"),
+    ("eval.set_similarities", ("cosine", "cos"), "config.eval.set_similarities names ['cos']"),
     ("model.dtype", "float16", "config.model.dtype='float16'"),
     ("nonfinite", "ignore", "config.nonfinite='ignore'"),
 ])

@@ -150,3 +150,17 @@ def test_standardisation_inside_the_model_uses_the_given_statistics():
     # statistics are state, not parameters: the optimizer does not see them
     assert not any(leaf.shape == (5,) and np.allclose(leaf, mean)
                    for leaf in jax.tree.leaves(nnx.state(standardised, nnx.Param)))
+
+
+def test_hard_negatives_are_drawn_at_the_contrastive_temperature():
+    """GRAM's and PMRL's code draw from softmax(S / tau): with volumes or cosines in
+    [0, 1] the plain softmax over 64 candidates is nearly uniform, and the 'hard'
+    negatives would be random."""
+    b, tau = 64, 0.07
+    scores = jnp.where(jnp.arange(b)[None, :] == (jnp.arange(b)[:, None] + 1) % b, 0.9, 0.1)  # one close candidate
+    keys = jax.random.split(jax.random.key(0), 50)
+    hardest = (np.arange(b) + 1) % b
+    rows, _ = jax.vmap(lambda k: sample_hard_negatives(scores, k, tau))(keys)
+    assert np.mean(np.asarray(rows) == hardest) > 0.9
+    rows, _ = jax.vmap(lambda k: sample_hard_negatives(scores, k))(keys)  # without the temperature
+    assert np.mean(np.asarray(rows) == hardest) < 0.1

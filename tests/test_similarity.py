@@ -77,7 +77,32 @@ def test_mip_of_sets_is_the_multilinear_product():
     np.testing.assert_allclose(L.get_similarity("mip")(q, c), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["cosine", "volume", "sigma1", "area"])
+def test_mean_cosine_is_the_mean_over_pairs_of_rows():
+    q, c = batch(11, 4, 2), batch(12, 5, 3)
+    qn, cn = np.asarray(naive.normalize(q)), np.asarray(naive.normalize(c))
+    expected = np.einsum("iad,jbd->ijab", qn, cn).mean(axis=(2, 3))
+    np.testing.assert_allclose(L.get_similarity("mean_cosine")(q, c), expected, atol=1e-6)
+
+
+def test_normalized_volume_is_the_distance_to_the_candidates_span():
+    """One query row against two candidate rows: Vol(a, m1, m2) / Vol(m1, m2) is the
+    distance from the unit a to the plane of m1, m2 (1 orthogonal to it, 0 in it),
+    whatever the candidate's own volume, which scales the raw volume."""
+    e = np.eye(4, dtype=np.float32)
+    plane = np.stack([e[0], np.cos(0.1) * e[0] + np.sin(0.1) * e[1]])[None]  # a thin plane: own volume sin 0.1
+    queries = np.stack([e[2], e[0], (e[0] + e[2]) / np.sqrt(2)])[:, None]
+    ratio = np.asarray(L.get_similarity("normalized_volume")(queries, plane))[:, 0]
+    np.testing.assert_allclose(ratio, [-1.0, 0.0, -1 / np.sqrt(2)], atol=2e-5)
+    raw = np.asarray(L.get_similarity("volume")(queries, plane))[:, 0]
+    np.testing.assert_allclose(raw, ratio * np.sin(0.1), atol=2e-5)
+    # Hadamard-Fischer: the ratio lies in [-1, 0] for any sets.
+    scores = np.asarray(L.get_similarity("normalized_volume")(batch(13, 6, 2), batch(14, 7, 2)))
+    assert np.all(scores <= 0) and np.all(scores >= -1)
+    np.testing.assert_allclose(L.get_similarity("normalized_volume")(queries, plane),
+                               L.get_similarity("normalized_volume")(plane, queries).T, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cosine", "mean_cosine", "volume", "normalized_volume", "sigma1", "area"])
 def test_true_pairs_score_highest_when_modalities_coincide(name):
     """Orientation: for instances whose modalities are (nearly) one vector, the matching
     candidate must outscore the others under every geometric measure. (MIP is left out:
@@ -89,7 +114,7 @@ def test_true_pairs_score_highest_when_modalities_coincide(name):
     assert np.all(np.argmax(scores, axis=1) == np.arange(12)), name
 
 
-@pytest.mark.parametrize("name", ["cosine", "volume", "sigma1", "area", "mip"])
+@pytest.mark.parametrize("name", ["cosine", "mean_cosine", "volume", "normalized_volume", "sigma1", "area", "mip"])
 def test_measures_jit_and_differentiate(name):
     x = batch(8, 6, 3)
     fn = L.get_similarity(name)
@@ -97,7 +122,7 @@ def test_measures_jit_and_differentiate(name):
     assert np.all(np.isfinite(grad))
 
 
-@pytest.mark.parametrize("name", ["cosine", "volume", "sigma1", "area", "mip"])
+@pytest.mark.parametrize("name", ["cosine", "mean_cosine", "volume", "normalized_volume", "sigma1", "area", "mip"])
 def test_an_empty_set_of_rows_is_an_error(name):
     """A set query of no modality gave NaN (cosine) or scored the other side alone."""
     x = np.random.default_rng(0).normal(size=(4, 3, 8)).astype(np.float32)

@@ -98,12 +98,16 @@ def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
 
 def _check_set_queries_rerank_and_eval_only_run(config, workdir, results):
     evals = results["evals"]
-    assert list(evals["retrieval"]["set_queries"]) == list(config.eval.set_queries)
-    for direction in config.eval.set_queries:
+    tables = evals["retrieval"]["set_queries"]
+    assert list(tables) == list(config.eval.set_similarities)
+    assert all(list(table) == list(config.eval.set_queries) for table in tables.values())
+    directions = [d for d, value in evals["rerank"].items() if isinstance(value, dict)]
+    assert directions == [config.eval.set_queries[-2], config.eval.set_queries[-1]]  # anchor->rest and back
+    for direction in directions:
         rerank = evals["rerank"][direction]
         # The plain row is the set query's own retrieval (the same measure, volume, here);
         # re-ranking permutes the top K = 10 only, so as many true matches stay within 10.
-        assert rerank["plain"] == evals["retrieval"]["set_queries"][direction]
+        assert rerank["plain"] == tables[config.loss.similarity][direction]
         assert rerank["reranked"]["R@10"] == rerank["plain"]["R@10"]
     # --mode=eval's path: the workdir's checkpoints alone give the same results.
     restored_trainer = train.restoring_trainer(config, str(workdir))

@@ -1,7 +1,7 @@
 """Retrieval: any-to-any R@1/5/10, MedR and MnR for every ordered pair of modalities
 (`config.eval.similarity`), and set queries such as "pix->fac+kar", a query against the
-set of the other modalities, as in GRAM's and PMRL's retrieval (`config.eval.set_queries`,
-`config.eval.set_similarity`).
+set of the other modalities, as in GRAM's and PMRL's retrieval (`config.eval.set_queries`),
+each scored by every measure of `config.eval.set_similarities`.
 
 Where every modality's inputs are feature vectors of one width (embeddings from
 pretrained encoders), the same tables are computed on the inputs themselves (`frozen`):
@@ -73,18 +73,20 @@ class Retrieval:
     def run(self, context: EvalContext) -> dict:
         config, modalities = context.config, context.modalities
         z = context.embedded().embeddings
+        measures = tuple(config.eval.set_similarities)
         result = {"similarity": config.eval.similarity,
                   "any_to_any": any_to_any(context.ranks, z, modalities, config.eval.similarity),
-                  "set_similarity": config.eval.set_similarity,
-                  "set_queries": set_queries(context.ranks, z, modalities, config.eval.set_queries,
-                                             config.eval.set_similarity)}
+                  "set_similarities": list(measures),
+                  "set_queries": {m: set_queries(context.ranks, z, modalities, config.eval.set_queries, m)
+                                  for m in measures}}
         frozen, why = frozen_inputs(context)
         if frozen is None:
             result["frozen"] = {"skipped": why}
         else:
-            result["frozen"] = {"any_to_any": any_to_any(context.ranks, frozen, modalities, config.eval.similarity),
-                                "set_queries": set_queries(context.ranks, frozen, modalities,
-                                                           config.eval.set_queries, config.eval.set_similarity)}
+            result["frozen"] = {
+                "any_to_any": any_to_any(context.ranks, frozen, modalities, config.eval.similarity),
+                "set_queries": {m: set_queries(context.ranks, frozen, modalities, config.eval.set_queries, m)
+                                for m in measures}}
         return result
 
     def summary(self, result: dict) -> str:
@@ -94,8 +96,19 @@ class Retrieval:
             before, after = frozen["any_to_any"]["mean"]["R@1"], result["any_to_any"]["mean"]["R@1"]
             text += "\n\n" + format_table(frozen["any_to_any"], "the same on the inputs themselves (frozen)")
             text += f"\nmean R@1: {before:.3f} frozen -> {after:.3f} trained ({after - before:+.3f})"
-        if result["set_queries"]:
-            text += "\n\n" + format_table(result["set_queries"], f"set queries, {result['set_similarity']} similarity")
+        if any(result["set_queries"].values()):
+            text += "\n\n" + recall_by_measure(result["set_queries"], "set queries: R@1 by measure")
             if "set_queries" in frozen:
-                text += "\n\n" + format_table(frozen["set_queries"], "set queries on the inputs themselves (frozen)")
+                text += "\n\n" + recall_by_measure(frozen["set_queries"], "set queries on the inputs (frozen): R@1")
         return text
+
+
+def recall_by_measure(tables: dict, title: str) -> str:
+    """{measure: {query: metrics}} as one table of R@1: a row per query, a column per measure."""
+    measures = list(tables)
+    queries = list(next(iter(tables.values())))
+    width = max(len(q) for q in queries)
+    lines = [title, f"{'query':{width}s} " + " ".join(f"{m:>17s}" for m in measures)]
+    for query in queries:
+        lines.append(f"{query:{width}s} " + " ".join(f"{tables[m][query]['R@1']:17.3f}" for m in measures))
+    return "\n".join(lines)

@@ -95,7 +95,18 @@ def _cosine_logits(a, b, temperature):
 
 
 def blocked_infonce_loss(a, b, *, temperature, label_smoothing: float = 0.0, axis_name=None) -> jax.Array:
-    """`infonce_loss` (symmetric CLIP InfoNCE) over a ring of devices."""
+    """`infonce_loss` (symmetric CLIP InfoNCE) over a ring of devices.
+
+    Example (on every device of this host, under its mesh; the batch divides them):
+        >>> import jax
+        >>> from pmrl_jax import losses, sharding
+        >>> from pmrl_jax.losses import blocked
+        >>> a, b = jax.random.normal(jax.random.key(0), (2, 8, 16))
+        >>> with jax.set_mesh(sharding.make_mesh()):
+        ...     value = blocked.blocked_infonce_loss(a, b, temperature=0.07)
+        >>> bool(abs(value - losses.infonce_loss(a, b, temperature=0.07)) < 1e-4)
+        True
+    """
     common.check_temperature(temperature)
     common.check_label_smoothing(label_smoothing)
 
@@ -106,7 +117,18 @@ def blocked_infonce_loss(a, b, *, temperature, label_smoothing: float = 0.0, axi
 
 
 def blocked_anchored_infonce_loss(x, *, temperature, anchor: int = 0, axis_name=None) -> jax.Array:
-    """`anchored_infonce_loss`: sum over m != anchor of InfoNCE(x_anchor, x_m), one ring each."""
+    """`anchored_infonce_loss`: sum over m != anchor of InfoNCE(x_anchor, x_m), one ring each.
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses, sharding
+        >>> from pmrl_jax.losses import blocked
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> with jax.set_mesh(sharding.make_mesh()):
+        ...     value = blocked.blocked_anchored_infonce_loss(x, temperature=0.07, anchor=1)
+        >>> bool(abs(value - losses.anchored_infonce_loss(x, temperature=0.07, anchor=1)) < 1e-4)
+        True
+    """
     common.check_modalities(x, "x", min_k=2)
     return sum(blocked_infonce_loss(x[:, anchor], x[:, m], temperature=temperature, axis_name=axis_name)
                for m in range(x.shape[1]) if m != anchor)
@@ -118,7 +140,18 @@ def _volume_logits(anchor, others, temperature):
 
 def blocked_gram_contrastive_loss(anchor, others, *, temperature, label_smoothing: float = 0.1,
                                   axis_name=None) -> jax.Array:
-    """`gram_contrastive_loss` (GRAM's symmetric volume InfoNCE) over a ring of devices."""
+    """`gram_contrastive_loss` (GRAM's symmetric volume InfoNCE) over a ring of devices.
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses, sharding
+        >>> from pmrl_jax.losses import blocked
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> with jax.set_mesh(sharding.make_mesh()):
+        ...     value = blocked.blocked_gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.07)
+        >>> bool(abs(value - losses.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.07)) < 1e-4)
+        True
+    """
     common.check_rank(anchor, "anchor", 2, "[batch, d]")
     common.check_others(others)
     common.check_temperature(temperature)
@@ -136,7 +169,18 @@ def _area_logits(anchor, others, temperature):
 
 def blocked_triangle_contrastive_loss(anchor, others, *, temperature, label_smoothing: float = 0.1,
                                       axis_name=None) -> jax.Array:
-    """`triangle_contrastive_loss` (k = 3) over a ring of devices."""
+    """`triangle_contrastive_loss` (k = 3) over a ring of devices.
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses, sharding
+        >>> from pmrl_jax.losses import blocked
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> with jax.set_mesh(sharding.make_mesh()):
+        ...     value = blocked.blocked_triangle_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.07)
+        >>> bool(abs(value - losses.triangle_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.07)) < 1e-4)
+        True
+    """
     common.check_temperature(temperature)
     common.check_label_smoothing(label_smoothing)
 
@@ -147,7 +191,18 @@ def blocked_triangle_contrastive_loss(anchor, others, *, temperature, label_smoo
 
 
 def blocked_symile_loss(x, *, temperature, axis_name=None) -> jax.Array:
-    """`symile_loss` over a ring of devices (row cross-entropies only, as Symile's)."""
+    """`symile_loss` over a ring of devices (row cross-entropies only, as Symile's).
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses, sharding
+        >>> from pmrl_jax.losses import blocked
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> with jax.set_mesh(sharding.make_mesh()):
+        ...     value = blocked.blocked_symile_loss(x, temperature=0.07)
+        >>> bool(abs(value - losses.symile_loss(x, temperature=0.07)) < 1e-4)
+        True
+    """
     common.check_modalities(x, "x", min_k=2)
     common.check_temperature(temperature)
 
@@ -168,7 +223,18 @@ def blocked_symile_loss(x, *, temperature, axis_name=None) -> jax.Array:
 def blocked_pmrl_loss(x, *, alignment_temperature=0.05, regularization_temperature=0.1,
                       regularization_weight: float = 1.0, axis_name=None) -> jax.Array:
     """`pmrl_loss`: the alignment term is per instance; the regulariser's logsumexp over
-    the global batch of leading directions goes round the ring."""
+    the global batch of leading directions goes round the ring.
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses, sharding
+        >>> from pmrl_jax.losses import blocked
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> with jax.set_mesh(sharding.make_mesh()):
+        ...     value = blocked.blocked_pmrl_loss(x)
+        >>> bool(abs(value - losses.pmrl_loss(x)) < 1e-4)
+        True
+    """
     from pmrl_jax.losses.pmrl import _alignment
 
     common.check_modalities(x, "x", min_k=2)

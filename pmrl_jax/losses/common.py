@@ -104,7 +104,14 @@ def check_label_smoothing(label_smoothing: float) -> None:
 
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    """x / |x| along `axis`, in the compute dtype; a zero vector stays zero (finite gradient)."""
+    """x / |x| along `axis`, in the compute dtype; a zero vector stays zero (finite gradient).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> losses.l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+        [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
     return unit_and_inverse_norm(as_compute(x), axis)[0]
 
 
@@ -130,6 +137,14 @@ def safe_sqrt(x: jax.Array, floor: jax.Array) -> jax.Array:
     Where x is the square of a Lipschitz quantity (a volume, a singular value) its
     own derivative vanishes at 0, so the product goes smoothly to 0 there.
     `floor` must be > 0 and receives no gradient.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> float(losses.safe_sqrt(jnp.float32(0.25), 1e-12))
+        0.5
+        >>> bool(jnp.isfinite(jax.grad(lambda x: losses.safe_sqrt(x, 1e-12))(0.0)))  # sqrt's slope at 0 is infinite
+        True
     """
     return jnp.sqrt(jnp.maximum(x, 0.0))
 

@@ -48,6 +48,13 @@ def symmetric_eigh(matrix: jax.Array, sweeps: int | None = None) -> tuple[jax.Ar
       to smallest, eigenvector j in column j: `matrix @ V[..., :, j] = w[..., j] V[..., :, j]`.
       Not differentiable: use `gram_spectrum`, `singular_values`,
       `symmetric_determinant` or `symmetric_adjugate`, which carry exact first derivatives.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> values, vectors = losses.symmetric_eigh(jnp.array([[2.0, 1.0], [1.0, 2.0]]))
+        >>> values.round(5).tolist()          # descending
+        [3.0, 1.0]
     """
     matrix = jnp.asarray(matrix)
     n = matrix.shape[-1]

@@ -22,7 +22,14 @@ from pmrl_jax.losses.eigh import symmetric_eigh
 
 
 def gram_matrix(x: jax.Array) -> jax.Array:
-    """G = x x^T over the last two axes: `[..., k, d] -> [..., k, k]` (rows as given)."""
+    """G = x x^T over the last two axes: `[..., k, d] -> [..., k, k]` (rows as given).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> losses.gram_matrix(jnp.array([[1.0, 0.0], [1.0, 1.0]])).tolist()
+        [[1.0, 1.0], [1.0, 2.0]]
+    """
     x = common.as_compute(x)
     if x.ndim < 2:
         raise ValueError(f"gram_matrix needs rows [..., k, d]; got shape {x.shape}")
@@ -94,7 +101,14 @@ def _adjugate_by_eigh_jvp(primals, tangents):
 
 
 def symmetric_determinant(m: jax.Array) -> jax.Array:
-    """det of symmetric `[..., n, n]` matrices; derivative exact and finite when singular."""
+    """det of symmetric `[..., n, n]` matrices; derivative exact and finite when singular.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> float(losses.symmetric_determinant(jnp.array([[2.0, 1.0], [1.0, 2.0]])))
+        3.0
+    """
     n = m.shape[-1]
     if n == 1:
         return m[..., 0, 0]
@@ -109,7 +123,14 @@ def symmetric_determinant(m: jax.Array) -> jax.Array:
 
 def symmetric_adjugate(m: jax.Array) -> jax.Array:
     """adj(M) = det(M) M^{-1} of symmetric `[..., n, n]` matrices, defined (and
-    differentiable) when M is singular."""
+    differentiable) when M is singular.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> losses.symmetric_adjugate(jnp.array([[2.0, 1.0], [1.0, 2.0]])).tolist()
+        [[2.0, -1.0], [-1.0, 2.0]]
+    """
     n = m.shape[-1]
     if n <= 3:
         return _adjugate_closed_form(m)
@@ -145,6 +166,12 @@ def gram_volume(x: jax.Array) -> jax.Array:
     row is scaled by c. Value exact (0 for dependent rows, up to rounding); derivative
     finite everywhere (see `common.safe_sqrt`; the floor is relative to the rows'
     norms, by Hadamard's inequality det G <= prod_i |v_i|^2).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> round(float(losses.gram_volume(jnp.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]]))), 4)  # sin of the angle
+        0.8
     """
     x = common.as_compute(x)
     if x.ndim < 2 or x.shape[-2] == 0:
@@ -179,6 +206,14 @@ def volume_matrix(anchor: jax.Array, others: jax.Array) -> jax.Array:
     candidate, and O(B1 B2 (k-1)^2) elementwise work. No [B1, B2, k, k] tensor and no
     per-pair determinant (the official code stacks both, memory O(B^2 k^2)); for k = 3
     this is the closed form 1 - x^2 - y^2 - z^2 + 2xyz.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> anchor = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> others = jnp.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])   # one candidate: a plane
+        >>> losses.volume_matrix(anchor, others).round(4).tolist()       # in its plane: 0; orthogonal: 1
+        [[0.0], [1.0]]
     """
     return _volume_from_cosines(*volume_matrix_terms(anchor, others))
 

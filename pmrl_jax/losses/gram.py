@@ -45,6 +45,15 @@ def gram_contrastive_loss(
 
     Returns:
       The scalar mean loss (float32).
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> aligned = x[:, :1].repeat(3, axis=1) + 0.01 * x               # each instance's rows nearly one vector
+        >>> bool(losses.gram_contrastive_loss(aligned[:, 0], aligned[:, 1:], temperature=0.07)
+        ...      < losses.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.07))
+        True
     """
     common.check_rank(anchor, "anchor", 2, "[batch, d]")
     common.check_others(others)

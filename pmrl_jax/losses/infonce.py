@@ -13,7 +13,14 @@ from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
 
 @runs_in_auto_axes("rows")
 def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
-    """S[i, j] = <a_i, b_j> / (|a_i| |b_j|): `[B1, d], [B2, d] -> [B1, B2]`."""
+    """S[i, j] = <a_i, b_j> / (|a_i| |b_j|): `[B1, d], [B2, d] -> [B1, B2]`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> losses.cosine_matrix(jnp.array([[1.0, 0.0]]), jnp.array([[2.0, 0.0], [0.0, 3.0]])).tolist()
+        [[1.0, 0.0]]
+    """
     common.check_rank(a, "a", 2, "[batch, d]")
     common.check_rank(b, "b", 2, "[batch, d]")
     common.check_same_width(a, b, "`a` and `b`")
@@ -36,6 +43,15 @@ def infonce_loss(
       a, b: `[B, d]` paired embeddings (row i of each is the same instance).
       temperature: tau > 0 (a Python float or a learned scalar).
       label_smoothing: in [0, 1).
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses
+        >>> a = jax.random.normal(jax.random.key(0), (8, 16))
+        >>> matched = losses.infonce_loss(a, a, temperature=0.07)           # each row its own best match
+        >>> shuffled = losses.infonce_loss(a, a[::-1], temperature=0.07)
+        >>> bool(matched < 0.01 < shuffled)
+        True
     """
     if jnp.shape(a)[:1] != jnp.shape(b)[:1]:
         raise ValueError(f"`a` and `b` must hold the same instances; got shapes {jnp.shape(a)} and {jnp.shape(b)}")
@@ -56,6 +72,16 @@ def anchored_infonce_loss(x: jax.Array, *, temperature: float | jax.Array, ancho
       x: `[B, k, d]` embeddings, k >= 2.
       temperature: tau > 0.
       anchor: index of the anchor modality on axis 1.
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> total = losses.anchored_infonce_loss(x, temperature=0.07, anchor=1)
+        >>> pairs = losses.infonce_loss(x[:, 1], x[:, 0], temperature=0.07) + losses.infonce_loss(
+        ...     x[:, 1], x[:, 2], temperature=0.07)
+        >>> bool(abs(total - pairs) < 1e-4)
+        True
     """
     common.check_modalities(x, "x", min_k=2)
     common.check_batch(x, "x")
@@ -75,6 +101,14 @@ def all_pairs_infonce_loss(x: jax.Array, *, temperature: float | jax.Array) -> j
     Args:
       x: `[B, k, d]` embeddings, k >= 2.
       temperature: tau > 0.
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> pairs = [losses.infonce_loss(x[:, a], x[:, b], temperature=0.07) for a, b in ((0, 1), (0, 2), (1, 2))]
+        >>> bool(abs(losses.all_pairs_infonce_loss(x, temperature=0.07) - sum(pairs) / 3) < 1e-4)
+        True
     """
     common.check_modalities(x, "x", min_k=2)
     common.check_batch(x, "x")

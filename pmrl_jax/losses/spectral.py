@@ -55,7 +55,16 @@ def _sign_fixed_eigh(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
 def gram_spectrum(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Eigenvalues (descending, `[..., k]`) and the sign-fixed top eigenvector (`[..., k]`)
     of symmetric positive semi-definite `[..., k, k]` matrices, with the derivatives
-    of the module docstring."""
+    of the module docstring.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> import numpy as np
+        >>> values, leading = losses.gram_spectrum(jnp.array([[1.0, 0.5], [0.5, 1.0]]))
+        >>> np.asarray(values, float).round(5).tolist(), np.asarray(leading, float).round(4).tolist()
+        ([1.5, 0.5], [0.7071, 0.7071])
+    """
     eigenvalues, vectors = _sign_fixed_eigh(gram)
     return eigenvalues, vectors[..., :, 0]
 
@@ -78,7 +87,16 @@ def _gram_spectrum_jvp(primals, tangents):
 
 def spectrum(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(singular values [..., k] descending, leading direction [..., d]) of raw rows,
-    from a single eigen-decomposition."""
+    from a single eigen-decomposition.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> import numpy as np
+        >>> sigma, u = losses.spectrum(jnp.array([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]]))  # three aligned rows
+        >>> round(float(sigma[0, 0]), 4), np.asarray(u, float).round(4).tolist()  # sqrt(3); u_1 along the rows
+        (1.7321, [[1.0, 0.0]])
+    """
     x = common.as_compute(x)
     if x.ndim < 2 or x.shape[-2] == 0:
         raise ValueError(f"expected rows [..., k, d] with k >= 1; got shape {x.shape}")
@@ -99,6 +117,12 @@ def singular_values(x: jax.Array) -> jax.Array:
     singular value below ~1e-3.5 of the largest is resolved only to float32 rounding of
     sigma^2 (tiny values read as ~3e-4 sigma_1 or 0); the derivative sigma_i = v_i^T dZ u_i
     is taken without the 1 / (sigma_i - sigma_j) terms and is finite everywhere.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> losses.singular_values(jnp.array([[[1.0, 0.0], [0.0, 1.0]]])).round(4).tolist()  # orthogonal rows
+        [[1.0, 1.0]]
     """
     return spectrum(x)[0]
 
@@ -108,5 +132,13 @@ def leading_direction(x: jax.Array) -> jax.Array:
 
     Unit norm, sign fixed so that sum_m <u_1, x_m> >= 0 (the official PMRL code takes
     torch.linalg.svd's arbitrary sign). For aligned unit rows u_1 is their normalised mean.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> rows = jnp.array([[[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]])
+        >>> u = losses.leading_direction(rows)
+        >>> bool((rows[0] @ u[0]).sum() >= 0)   # the sign points along the modalities
+        True
     """
     return spectrum(x)[1]

@@ -16,6 +16,14 @@ def mip_matrix(queries: jax.Array, candidates: jax.Array) -> jax.Array:
     `queries [B1, q, d]`, `candidates [B2, c, d]` -> `[B1, B2]`. Since the product over
     all rows splits into (prod of query rows) . (prod of candidate rows) this is one
     matmul. With q = c = 1 it is the cosine similarity.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> queries = jnp.array([[[1.0, 0.0]]])                        # one row: the cosine
+        >>> scores = losses.mip_matrix(queries, jnp.array([[[0.6, 0.8]], [[0.0, 1.0]]]))
+        >>> [round(float(s), 4) for s in scores[0]]
+        [0.6, 0.0]
     """
     common.check_sets(queries, candidates)
     query_product = jnp.prod(common.l2_normalize(queries), axis=1)
@@ -39,6 +47,14 @@ def symile_loss(x: jax.Array, *, temperature: float | jax.Array) -> jax.Array:
     Args:
       x: `[B, k, d]` embeddings, k >= 2 (k = 2 is CLIP without the symmetrisation).
       temperature: tau > 0.
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses
+        >>> x = jax.random.normal(jax.random.key(0), (8, 2, 16))    # with two modalities it is CLIP
+        >>> clip = losses.infonce_loss(x[:, 0], x[:, 1], temperature=0.07)
+        >>> bool(abs(losses.symile_loss(x, temperature=0.07) - clip) < 1e-4)
+        True
     """
     common.check_modalities(x, "x", min_k=2)
     common.check_batch(x, "x")

@@ -30,6 +30,14 @@ def triangle_area_matrix(anchor: jax.Array, others: jax.Array) -> jax.Array:
 
     `anchor [B1, d]`, `others [B2, 2, d]` -> `[B1, B2]`, in [0, 3 sqrt(3) / 4]. Lower
     means better aligned. area^2 = (|t-v|^2 |t-a|^2 - <t-v, t-a>^2) / 4.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from pmrl_jax import losses
+        >>> t = jnp.array([[1.0, 0.0, 0.0]])
+        >>> others = jnp.array([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])   # three orthogonal corners
+        >>> round(float(losses.triangle_area_matrix(t, others)[0, 0]), 4)   # an equilateral triangle of side sqrt(2)
+        0.866
     """
     doubled = _doubled_squared_area(anchor, others)
     return common.safe_sqrt(doubled / 2.0, jnp.asarray(common.SQRT_FLOOR, doubled.dtype))
@@ -61,6 +69,15 @@ def triangle_contrastive_loss(
       others: `[B, 2, d]` the two other modalities (v, a) of each instance.
       temperature: tau > 0.
       label_smoothing: in [0, 1).
+
+    Example:
+        >>> import jax
+        >>> from pmrl_jax import losses
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3, 16))
+        >>> aligned = x[:, :1].repeat(3, axis=1) + 0.01 * x
+        >>> bool(losses.triangle_contrastive_loss(aligned[:, 0], aligned[:, 1:], temperature=0.07)
+        ...      < losses.triangle_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.07))
+        True
     """
     if jnp.shape(anchor)[:1] != jnp.shape(others)[:1]:
         raise ValueError(

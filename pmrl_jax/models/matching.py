@@ -5,9 +5,10 @@ A cross-encoder reads the anchor modality's tokens, cross-attends to the concate
 tokens of the other modalities, and a 2-way head (Linear, GELU, LayerNorm, Linear) on the
 first token predicts match / no match. Each step scores 3B pairs: (a_i, data_i) positive;
 (a_i, data_n) and (a_n, data_i) negative, with the hard negatives n drawn without
-gradient from `softmax(S) + 1e-4` (rows for anchor -> data, columns for data -> anchor)
-with the positive zeroed, S being the training similarity (for GRAM S = -V, the negated
-volume). A modality given as one feature vector is a single token.
+gradient from `softmax(S / tau) + 1e-4` (rows for anchor -> data, columns for data ->
+anchor) with the positive zeroed, S being the training similarity (for GRAM S = -V, the
+negated volume) and tau the contrastive temperature, as in GRAM's and PMRL's code. A
+modality given as one feature vector is a single token.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ class MatchingHead(nnx.Module):
         return self.out(self.norm(jax.nn.gelu(self.hidden(x[:, 0])))).astype(jnp.float32)
 
 
-def sample_hard_negatives(scores: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def sample_hard_negatives(scores: jax.Array, key: jax.Array, temperature=1.0) -> tuple[jax.Array, jax.Array]:
     """scores [B, B] (higher = more similar, query i vs candidate j). Returns, per row i, a
-    candidate index != i, and per column j, a query index != j, drawn from softmax + 1e-4
-    with the positive excluded. No gradient flows through the scores."""
-    scores = jax.lax.stop_gradient(scores.astype(jnp.float32))
+    candidate index != i, and per column j, a query index != j, drawn from
+    softmax(scores / temperature) + 1e-4 with the positive excluded. No gradient flows
+    through the scores or the temperature."""
+    scores = jax.lax.stop_gradient(scores.astype(jnp.float32) / temperature)
     diagonal = jnp.eye(scores.shape[0], dtype=bool)
     row_key, column_key = jax.random.split(key)
 
@@ -70,10 +72,10 @@ def sample_hard_negatives(scores: jax.Array, key: jax.Array) -> tuple[jax.Array,
     return draw(scores, row_key), draw(scores.T, column_key)
 
 
-def matching_loss(head: MatchingHead, anchor_tokens, data_tokens, scores, key) -> jax.Array:
+def matching_loss(head: MatchingHead, anchor_tokens, data_tokens, scores, key, temperature=1.0) -> jax.Array:
     """Mean 2-way cross-entropy over the 3B pairs (positive, hard negative data, hard
-    negative anchor)."""
-    negative_data, negative_anchor = sample_hard_negatives(scores, key)
+    negative anchor); the negatives drawn from softmax(scores / temperature)."""
+    negative_data, negative_anchor = sample_hard_negatives(scores, key, temperature)
     anchors = jnp.concatenate([anchor_tokens, anchor_tokens, anchor_tokens[negative_anchor]])
     data = jnp.concatenate([data_tokens, data_tokens[negative_data], data_tokens])
     b = anchor_tokens.shape[0]
