@@ -3,6 +3,7 @@
     python -m pmrl_jax.main --config=configs/gram.py [--workdir=runs/gram]
     python -m pmrl_jax.main --config=configs/gram.py:smoke --config.num_steps=20
     python -m pmrl_jax.main --config=configs/gram.py --workdir=runs/gram --mode=eval [--step=N]
+    python -m pmrl_jax.main --workdir=runs/gram --mode=embed --output=OUT [--input=DIR] [--float16]
 
 The first printed line says what was decided for the fields the config leaves to the
 data (modalities, anchor, encoder, ...). With model selection on (`config.eval.every`),
@@ -26,11 +27,16 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file, optionally with `:arg`", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go "
                                "(default: runs/<config name>[_<arg>])")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate), or evaluate a checkpoint")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "embed"],
+                          "train (then evaluate), evaluate a checkpoint, or embed data with a trained run")
 _STOP_AT = flags.DEFINE_integer("stop_at", None, "with --mode=train: stop (checkpointed) after this step; "
                                 "re-running without it resumes", lower_bound=1)
-_STEP = flags.DEFINE_integer("step", None, "with --mode=eval: the checkpoint step (default: the model "
+_STEP = flags.DEFINE_integer("step", None, "with --mode=eval or embed: the checkpoint step (default: the model "
                              "selection's best, else the newest)")
+_INPUT = flags.DEFINE_string("input", None, "with --mode=embed: a features directory to embed (default: the run's "
+                             "own dataset)")
+_OUTPUT = flags.DEFINE_string("output", None, "with --mode=embed: the directory to write (it must not exist)")
+_FLOAT16 = flags.DEFINE_bool("float16", False, "with --mode=embed: write float16 embeddings")
 
 
 def default_workdir(config_argument: str) -> str:
@@ -80,10 +86,33 @@ def describe(config, choices, workdir: str) -> str:
             f"{config.num_steps} steps, {jax.device_count()} {jax.default_backend()} device(s), workdir {workdir}")
 
 
+def embed(argv) -> None:
+    """--mode=embed: the run in --workdir alone (no --config) writes its embeddings."""
+    from pmrl_jax.export import export
+    from pmrl_jax.run import RunError, load
+
+    if not _WORKDIR.value or not _OUTPUT.value:
+        raise app.UsageError("--mode=embed needs --workdir (a trained run) and --output")
+    try:
+        run = load(_WORKDIR.value, _STEP.value)
+        print(f"pmrl_jax: embedding with the run in {_WORKDIR.value} (step {run.step}, modalities "
+              f"{list(run.modalities)}) into {_OUTPUT.value}", flush=True)
+        manifest = export(run, _OUTPUT.value, _INPUT.value, _FLOAT16.value)
+    except (RunError, FileNotFoundError) as error:
+        raise SystemExit(f"pmrl_jax: {error}") from None
+    written = ", ".join(f"{split}: {counts['rows']} rows" for split, counts in manifest["splits"].items())
+    print(f"wrote {written} ({manifest['dtype']}, d = {manifest['embed_dim']}) and "
+          f"{os.path.join(_OUTPUT.value, 'manifest.json')}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and jax report every step at INFO
+    if _MODE.value == "embed":
+        return embed(argv)
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required for --mode=train and --mode=eval")
     import jax
 
     from pmrl_jax import distributed, evaluation, train
@@ -122,5 +151,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
     app.run(main, flags_parser=parse_flags)

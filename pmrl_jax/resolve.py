@@ -170,6 +170,14 @@ def open_split(config: ml_collections.ConfigDict, split: str):
                                 **config.data.options.to_dict())
 
 
+def input_layout(source) -> dict[str, dict]:
+    """{modality: {"shape": one example's shape, "dtype": its dtype}} of a source."""
+    from pmrl_jax.data.pipeline import read_batch
+
+    return {k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype)}
+            for k, v in read_batch(source, np.zeros(1, np.int64)).items() if k not in ("index", "label")}
+
+
 def example_shapes_of(source) -> dict[str, tuple[int, ...]]:
     from pmrl_jax.data.pipeline import read_batch
 

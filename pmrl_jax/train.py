@@ -24,7 +24,7 @@ import numpy as np
 from pmrl_jax import checkpoints, selection
 from pmrl_jax.configs import ConfigError
 from pmrl_jax.data import pipeline
-from pmrl_jax.resolve import open_split, prepare
+from pmrl_jax.resolve import input_layout, open_split, prepare
 from pmrl_jax.trainer import Trainer, TrainingHealth, make_trainer
 from pmrl_jax.workdir import MetricWriter, Progress, prepare_workdir, say, warn
 
@@ -135,7 +135,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at: int | None =
     statistics = pipeline.feature_statistics(source, config.data.modalities)
     trainer = make_trainer(config, prepared.shapes, mesh, statistics)
     validation = validation_source(config)
-    prepare_workdir(workdir, config)  # after the checks: a rejected config writes nothing
+    prepare_workdir(workdir, config, input_layout(source))  # after the checks: a rejected config writes nothing
     iterator = training_iterator(config, source, statistics)
     manager = checkpoints.checkpoint_manager(workdir)
     start, state, record = checkpoints.restore_newest_valid(manager, trainer.abstract_state(), workdir, iterator)

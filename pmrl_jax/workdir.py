@@ -16,6 +16,7 @@ import ml_collections
 from pmrl_jax.configs import ConfigError
 
 CONFIG_FILE = "config.json"
+INPUTS_FILE = "inputs.json"
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -64,14 +65,17 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
                               f"use another --workdir")
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Checks the workdir against the (resolved) config, then writes it as config.json."""
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, inputs: Mapping[str, dict]) -> None:
+    """Checks the workdir against the (resolved) config, then writes it as config.json,
+    and `inputs` ({modality: {"shape", "dtype"}} of one example) as inputs.json: with a
+    checkpoint, what loading the run needs (`pmrl_jax.run.load`)."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"workdir {workdir!r} is a file, not a directory")
     check_workdir_config(workdir, config)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2))
+        write_atomically(os.path.join(workdir, INPUTS_FILE), json.dumps(dict(inputs), indent=2))
 
 
 class Progress:

@@ -43,13 +43,27 @@ def test_data_benchmark_runs(tmp_path):
 
 def test_train_step_benchmark_runs():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--smoke", "--steps", "2", "--configs", "clip,gram"],
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--smoke", "--steps", "2", "--repeats", "2",
+         "--configs", "clip,gram"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("clip ", "gram "))]
-    assert [row[0] for row in rows] == ["clip", "gram"], result.stdout
-    assert all(float(row[3]) > 0 and row[5].endswith("%") for row in rows)
+    rows = {line[:22].strip(): line[22:].split() for line in result.stdout.splitlines()[2:6]}
+    assert list(rows) == ["clip", "minimal JAX clip", "gram", "gram (no head)"], result.stdout
+    assert all(float(row[0]) > 0 for row in rows.values())
+    assert "clip / minimal JAX clip (steps/s):" in result.stdout and "gram / clip (step time):" in result.stdout
+    assert "x what the clip step consumes" in result.stdout
+
+
+def test_search_benchmark_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "search.py"), "--candidates", "2000", "--queries", "50",
+         "--dim", "16", "--repeats", "1"],
+        capture_output=True, text=True, timeout=600, env=_one_device_environment(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Run.embed" in result.stdout and "embed / forward:" in result.stdout, result.stdout
+    assert "search / matmul time:" in result.stdout, result.stdout
 
 
 def test_eval_benchmark_runs():

@@ -164,3 +164,26 @@ def test_hard_negatives_are_drawn_at_the_contrastive_temperature():
     assert np.mean(np.asarray(rows) == hardest) > 0.9
     rows, _ = jax.vmap(lambda k: sample_hard_negatives(scores, k))(keys)  # without the temperature
     assert np.mean(np.asarray(rows) == hardest) < 0.1
+
+
+@pytest.mark.parametrize("depth,anchor_tokens,data_tokens", [(1, 1, 5), (2, 3, 4)])
+def test_the_per_instance_matching_head_equals_the_pairwise_formulation(depth, anchor_tokens, data_tokens):
+    """Encoding each instance once and gathering gives the logits, the loss and the
+    gradients of gathering the tokens of every pair first (tests/matching_oracle.py)."""
+    import matching_oracle
+
+    head = MatchingHead(24, width=16, heads=4, depth=depth, rngs=nnx.Rngs(0))
+    keys = jax.random.split(jax.random.key(3), 4)
+    anchor = jax.random.normal(keys[0], (6, anchor_tokens, 24))
+    data = jax.random.normal(keys[1], (6, data_tokens, 24))
+    scores = jax.random.normal(keys[2], (6, 6))
+    np.testing.assert_allclose(head(anchor, data), matching_oracle.head_logits(head, anchor, data), rtol=1e-5,
+                               atol=1e-6)
+
+    def loss_and_grads(fn):
+        return nnx.value_and_grad(lambda h: fn(h, anchor, data, scores, keys[3], 0.07))(head)
+
+    (new, new_grads), (old, old_grads) = loss_and_grads(matching_loss), loss_and_grads(matching_oracle.matching_loss)
+    np.testing.assert_allclose(new, old, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(new_grads), jax.tree.leaves(old_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -107,27 +107,38 @@ def diagonal_ranks(queries: np.ndarray, candidates: np.ndarray, similarity: str,
 
 def top_candidates(queries: np.ndarray, candidates: np.ndarray, similarity: str, mesh: jax.sharding.Mesh,
                    k: int, tile: int = DEFAULT_TILE) -> np.ndarray:
-    """Indices [N, k] of each query's k best-scoring candidates, best first (blockwise,
-    queries split over the devices: a device holds [N / devices, tile + k] scores)."""
+    """Indices [N, k] of each query's k best-scoring candidates, best first (`top_k`)."""
+    return top_k(queries, candidates, similarity, mesh, k, tile)[1]
+
+
+def top_k(queries: np.ndarray, candidates: np.ndarray, similarity: str, mesh: jax.sharding.Mesh, k: int,
+          tile: int = DEFAULT_TILE) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [M, k] float32, indices [M, k] int64) of each of the M queries' k
+    best-scoring candidates of N, best first; ties go to the lower index, NaN scores
+    last. Blockwise: the queries are split over the devices, and a device scores `tile`
+    of its queries against `tile` candidates at a time, keeping [tile, k] best so far:
+    it never holds more than [tile, tile + k] scores (plus the replicated candidates)."""
     queries, candidates = np.asarray(queries, np.float32), np.asarray(candidates, np.float32)
     n = len(candidates)
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be in [1, {n}] (the number of candidates)")
+    query_tile = max(1, min(tile, -(-len(queries) // mesh.size)))
+    rows = -(-len(queries) // (mesh.size * query_tile)) * mesh.size * query_tile
     tile = max(1, min(tile, n))
-    rows = -(-len(queries) // mesh.size) * mesh.size
     columns = -(-n // tile) * tile
-    top = _make_top_function(similarity, mesh, n, k, tile)
+    top = _make_top_function(similarity, mesh, n, k, tile, query_tile)
     with jax.set_mesh(mesh):
-        index = top(_global_array(_padded(queries, rows), NamedSharding(mesh, P(BATCH_AXES))),
-                    _global_array(_padded(candidates, columns), NamedSharding(mesh, P())))
-    return np.asarray(multihost_utils.process_allgather(index, tiled=True))[:len(queries)].astype(np.int64)
+        scores, index = top(_global_array(_padded(queries, rows), NamedSharding(mesh, P(BATCH_AXES))),
+                            _global_array(_padded(candidates, columns), NamedSharding(mesh, P())))
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))[:len(queries)]  # noqa: E731
+    return gather(scores).astype(np.float32), gather(index).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=32)
-def _make_top_function(similarity: str, mesh: jax.sharding.Mesh, n: int, k: int, tile: int):
+def _make_top_function(similarity: str, mesh: jax.sharding.Mesh, n: int, k: int, tile: int, query_tile: int):
     measure = L.get_similarity(similarity)
 
-    def local_top(queries, candidates):
+    def top_of_chunk(queries, candidates):
         def merge(best, start):
             scores = measure(queries, jax.lax.dynamic_slice_in_dim(candidates, start, tile))
             column = start + jnp.arange(tile)
@@ -138,8 +149,13 @@ def _make_top_function(similarity: str, mesh: jax.sharding.Mesh, n: int, k: int,
             return (top, jnp.take_along_axis(merged_index, position, axis=1)), None
 
         start = (jnp.full((queries.shape[0], k), -jnp.inf), jnp.full((queries.shape[0], k), n, jnp.int32))
-        (_, index), _ = jax.lax.scan(merge, start, jnp.arange(0, candidates.shape[0], tile))
-        return index
+        (scores, index), _ = jax.lax.scan(merge, start, jnp.arange(0, candidates.shape[0], tile))
+        return scores, index
 
-    return jax.jit(jax.shard_map(local_top, mesh=mesh, in_specs=(P(BATCH_AXES), P()), out_specs=P(BATCH_AXES),
-                                 check_vma=False))
+    def local_top(queries, candidates):
+        chunks = queries.reshape((queries.shape[0] // query_tile, query_tile) + queries.shape[1:])
+        scores, index = jax.lax.map(lambda chunk: top_of_chunk(chunk, candidates), chunks)
+        return scores.reshape(-1, k), index.reshape(-1, k)
+
+    return jax.jit(jax.shard_map(local_top, mesh=mesh, in_specs=(P(BATCH_AXES), P()),
+                                 out_specs=(P(BATCH_AXES), P(BATCH_AXES)), check_vma=False))

@@ -26,26 +26,44 @@ def rerank_ranks(plain_ranks: np.ndarray, shortlist: np.ndarray, head_scores: np
     return ranks
 
 
+def _padded(array: np.ndarray, rows: int) -> np.ndarray:
+    return np.concatenate([array, np.zeros((rows - len(array),) + array.shape[1:], array.dtype)])
+
+
 def matching_scorer(context: EvalContext, chunk: int = 4096):
     """score(anchor tokens [N, n, w], data tokens [N, m, w], anchor rows [P], data rows
-    [P]) -> the head's match log-odds [P] of each (anchor row, data row) pair, gathered
-    and scored `chunk` pairs at a time (N x K pairs of tokens would not fit in memory)."""
+    [P]) -> the head's match log-odds [P] of each (anchor row, data row) pair. Each
+    instance is encoded once (`MatchingHead.encode_anchor`, `encode_data`); the pairs'
+    encodings are gathered and matched `chunk` at a time, one compiled shape each."""
     trainer, state = context.trainer, context.state
 
     @jax.jit
-    def logits(state, anchor_tokens, data_tokens):
-        out = trainer.model(state).matching(anchor_tokens, data_tokens)
+    def encode(state, anchor_tokens, data_tokens):
+        head = trainer.model(state).matching
+        return head.encode_anchor(anchor_tokens), head.encode_data(data_tokens)
+
+    @jax.jit
+    def log_odds(state, anchor, data):
+        out = trainer.model(state).matching.match(anchor, data)
         return out[:, 1] - out[:, 0]
 
+    def encoded(anchor_tokens, data_tokens):
+        pieces = []
+        for start in range(0, len(anchor_tokens), chunk):
+            size = min(chunk, len(anchor_tokens) - start)
+            a, d = (_padded(x[start:start + size], chunk) for x in (anchor_tokens, data_tokens))
+            pieces.append(jax.tree.map(lambda t: np.asarray(t)[:size], encode(state, a, d)))
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *pieces)
+
     def score(anchor_tokens, data_tokens, anchor_rows: np.ndarray, data_rows: np.ndarray) -> np.ndarray:
+        anchors, data = encoded(anchor_tokens, data_tokens)
         pieces = []
         for start in range(0, len(anchor_rows), chunk):
             rows = slice(start, start + chunk)
-            a, d = anchor_tokens[anchor_rows[rows]], data_tokens[data_rows[rows]]
-            size = len(a)
-            if size < chunk:  # one compiled shape
-                a, d = (np.concatenate([x, np.zeros((chunk - size,) + x.shape[1:], x.dtype)]) for x in (a, d))
-            pieces.append(np.asarray(logits(state, a, d))[:size])
+            size = len(anchor_rows[rows])
+            a = jax.tree.map(lambda t: _padded(t[anchor_rows[rows]], chunk), anchors)
+            d = jax.tree.map(lambda t: _padded(t[data_rows[rows]], chunk), data)
+            pieces.append(np.asarray(log_odds(state, a, d))[:size])
         return np.concatenate(pieces)
 
     return score

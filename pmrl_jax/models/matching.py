@@ -22,6 +22,10 @@ NEGATIVE_SAMPLING_FLOOR = 1e-4
 
 
 class CrossAttentionBlock(nnx.Module):
+    """Pre-norm cross-attention from the anchor's tokens to the data tokens, then an MLP.
+    The keys and values depend on the data alone (`keys_and_values`), so a batch of
+    instances can compute them once and pair them with many anchors."""
+
     def __init__(self, width: int, heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.query_norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
         self.context_norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
@@ -30,13 +34,29 @@ class CrossAttentionBlock(nnx.Module):
         self.mlp_in = nnx.Linear(width, 4 * width, dtype=dtype, rngs=rngs)
         self.mlp_out = nnx.Linear(4 * width, width, dtype=dtype, rngs=rngs)
 
-    def __call__(self, queries, context):
-        queries = queries + self.attention(self.query_norm(queries), self.context_norm(context))
-        return queries + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(queries))))
+    def queries(self, x):
+        return self.attention.query(self.query_norm(x))
+
+    def keys_and_values(self, context):
+        context = self.context_norm(context)
+        return self.attention.key(context), self.attention.value(context)
+
+    def __call__(self, x, queries, keys_and_values):
+        """x [P, n_a, w] and its projected `queries`, the paired data's keys and values."""
+        attended = self.attention.attention_fn(queries, *keys_and_values, dtype=self.attention.dtype,
+                                               precision=self.attention.precision)
+        x = x + self.attention.out(attended)
+        return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
 
 
 class MatchingHead(nnx.Module):
-    """Token features of width `in_features` are first projected to the head's `width`."""
+    """Token features of width `in_features` are first projected to the head's `width`.
+
+    What depends on one instance alone is computed once per instance (`encode_anchor`:
+    the anchor's projected tokens and first queries; `encode_data`: every block's keys
+    and values), and `match` scores aligned rows of those encodings, so that scoring an
+    instance against several others (the training step's 3B pairs, the re-ranker's top
+    K) gathers encodings instead of re-projecting tokens."""
 
     def __init__(self, in_features: int, *, width: int = 128, heads: int = 4, depth: int = 1, dtype=jnp.float32,
                  rngs: nnx.Rngs):
@@ -47,13 +67,27 @@ class MatchingHead(nnx.Module):
         self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(width, 2, dtype=dtype, rngs=rngs)
 
+    def encode_anchor(self, anchor_tokens) -> dict:
+        """[B, n_a, in] -> {"x": [B, n_a, width], "queries": the first block's queries}."""
+        x = self.anchor_in(anchor_tokens)
+        return {"x": x, "queries": self.blocks[0].queries(x)}
+
+    def encode_data(self, data_tokens) -> list:
+        """[B, n_d, in] -> each block's (keys, values) of the data tokens."""
+        context = self.data_in(data_tokens)
+        return [block.keys_and_values(context) for block in self.blocks]
+
+    def match(self, anchor: dict, data: list):
+        """Match logits [P, 2] (index 1 = match) of row p of `anchor` with row p of `data`."""
+        x, queries = anchor["x"], anchor["queries"]
+        for i, (block, keys_and_values) in enumerate(zip(self.blocks, data, strict=True)):
+            x = block(x, queries if i == 0 else block.queries(x), keys_and_values)
+        return self.out(self.norm(jax.nn.gelu(self.hidden(x[:, 0])))).astype(jnp.float32)
+
     def __call__(self, anchor_tokens, data_tokens):
         """anchor_tokens [B, n_a, w], data_tokens [B, n_d, w] -> match logits [B, 2]
-        (index 1 = match)."""
-        x, context = self.anchor_in(anchor_tokens), self.data_in(data_tokens)
-        for block in self.blocks:
-            x = block(x, context)
-        return self.out(self.norm(jax.nn.gelu(self.hidden(x[:, 0])))).astype(jnp.float32)
+        (index 1 = match) of each row's anchor with the same row's data."""
+        return self.match(self.encode_anchor(anchor_tokens), self.encode_data(data_tokens))
 
 
 def sample_hard_negatives(scores: jax.Array, key: jax.Array, temperature=1.0) -> tuple[jax.Array, jax.Array]:
@@ -74,10 +108,14 @@ def sample_hard_negatives(scores: jax.Array, key: jax.Array, temperature=1.0) ->
 
 def matching_loss(head: MatchingHead, anchor_tokens, data_tokens, scores, key, temperature=1.0) -> jax.Array:
     """Mean 2-way cross-entropy over the 3B pairs (positive, hard negative data, hard
-    negative anchor); the negatives drawn from softmax(scores / temperature)."""
+    negative anchor); the negatives drawn from softmax(scores / temperature). Each
+    instance's tokens are encoded once and the encodings gathered for the pairs."""
     negative_data, negative_anchor = sample_hard_negatives(scores, key, temperature)
-    anchors = jnp.concatenate([anchor_tokens, anchor_tokens, anchor_tokens[negative_anchor]])
-    data = jnp.concatenate([data_tokens, data_tokens[negative_data], data_tokens])
     b = anchor_tokens.shape[0]
+    rows = jnp.arange(b)
+    anchor_rows = jnp.concatenate([rows, rows, negative_anchor])
+    data_rows = jnp.concatenate([rows, negative_data, rows])
+    anchor = jax.tree.map(lambda t: t[anchor_rows], head.encode_anchor(anchor_tokens))
+    data = jax.tree.map(lambda t: t[data_rows], head.encode_data(data_tokens))
     labels = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * b, jnp.int32)])
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(head(anchors, data), labels))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(head.match(anchor, data), labels))

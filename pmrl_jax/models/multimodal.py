@@ -113,9 +113,15 @@ class MultimodalModel(nnx.Module):
         tokens {modality: [B, n, width]})."""
         tokens, embeddings = {}, []
         for name in self.modalities:
-            x = self.standardize[name](batch[name]) if name in self.standardize else batch[name]
-            tokens[name], pooled = self.encoders[name](x, rngs=rngs)
-            if name in self.projections:
-                pooled = self.projections[name](pooled)
-            embeddings.append(pooled.astype(jnp.float32))
+            tokens[name], pooled = self.encode(name, batch[name], rngs=rngs)
+            embeddings.append(pooled)
         return l2_normalize(jnp.stack(embeddings, axis=1)), tokens
+
+    def encode(self, name: str, x, *, rngs: nnx.Rngs | None = None):
+        """One modality's (tokens [B, n, width], embedding [B, embed_dim] float32 before
+        normalisation): standardised, encoded and projected."""
+        x = self.standardize[name](x) if name in self.standardize else x
+        tokens, pooled = self.encoders[name](x, rngs=rngs)
+        if name in self.projections:
+            pooled = self.projections[name](pooled)
+        return tokens, pooled.astype(jnp.float32)
