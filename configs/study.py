@@ -2,7 +2,8 @@
 of this folder with equal step budgets, on the embedded data and, given
 `--config.features_directory=DIR`, on a features directory; three seeds.
 
-`:smoke` shrinks every run to seconds (two seeds, the methods' smoke configs)."""
+`:smoke` is a minute's check of the command: clip and gram, two seeds, the methods'
+smoke configs."""
 
 import os
 
@@ -22,7 +23,7 @@ def get_config(arg=None):
     config.overrides = ConfigDict()
     config.smoke = arg == "smoke"
     if config.smoke:
-        config.seeds = (0, 1)
+        config.methods, config.seeds = ("clip", "gram"), (0, 1)
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; known: 'smoke'")
     return config

@@ -10,7 +10,9 @@ validation, and evaluates on the test split. The study then writes `results.md` 
 +- standard deviation over the seeds, one row per method, the frozen inputs first where
 they can be compared) and `robustness_<dataset>.png` into its workdir, and
 `results.json` with every run's figures. A run already done (its `study_run.json` is
-there) is read back, not trained again, so an interrupted study resumes.
+there) is read back, not trained again, so an interrupted study resumes. With
+`--publish=.` (the repository root) it also writes `docs/results.md` with its plots and
+the README's results section: the README's figures come from this command.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the study's config file, e.g. configs/study.py")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/study", "where the runs, results.md and the plots go")
+_PUBLISH = flags.DEFINE_string("publish", None, "a repository root: also write its docs/results.md (and plots) "
+                               "and the README's results section between its <!-- results --> markers")
 
 RUN_FILE = "study_run.json"
 
@@ -192,6 +196,44 @@ def robustness_curves(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return curves
 
 
+def summary(study, everything: dict) -> str:
+    """The README's results section: per dataset, pairwise retrieval and the anchor
+    against the set of the others."""
+    parts = [f"Test split, mean ± standard deviation over {len(study.seeds)} seeds, from "
+             f"`python -m pmrl_jax.study --config=configs/study.py"
+             f"{' --config.features_directory=DIR' if study.features_directory else ''}` "
+             f"(every table and the robustness plots: [`docs/results.md`](docs/results.md)). Every method trains "
+             f"its config's step budget and is evaluated at the step with the best mean validation R@1."]
+    for dataset, runs in everything.items():
+        first = next(iter(runs.values()))[0]["config"]
+        parts += ["", f"**{dataset}** (modalities {', '.join(first['modalities'])}; anchor `{first['anchor']}`):",
+                  ""]
+        chosen = tables(runs, study.set_similarities)
+        parts += [chosen[0][1], "", chosen[1][1]]
+    return "\n".join(parts)
+
+
+def publish(text: str, short: str, workdir: str, repository: str) -> None:
+    """docs/results.md (+ its plots) and the README's section between the markers."""
+    import shutil
+
+    from pmrl_jax.workdir import write_atomically
+
+    docs = os.path.join(repository, "docs")
+    for name in os.listdir(workdir):
+        if name.endswith(".png"):
+            shutil.copy(os.path.join(workdir, name), os.path.join(docs, name))
+    write_atomically(os.path.join(docs, "results.md"), text)
+    readme_path = os.path.join(repository, "README.md")
+    with open(readme_path) as f:
+        readme = f.read()
+    start, end = "<!-- results -->", "<!-- /results -->"
+    if start not in readme or end not in readme:
+        raise FileNotFoundError(f"{readme_path} has no {start} ... {end} section to write the results into")
+    head, rest = readme.split(start, 1)
+    write_atomically(readme_path, f"{head}{start}\n{short}\n{end}{rest.split(end, 1)[1]}")
+
+
 def report(study, everything: dict, workdir: str) -> str:
     from pmrl_jax import plots
     from pmrl_jax.workdir import write_atomically
@@ -224,7 +266,7 @@ def report(study, everything: dict, workdir: str) -> str:
     return text
 
 
-def run_study(study, workdir: str) -> str:
+def run_study(study, workdir: str, repository: str | None = None) -> str:
     everything = {}
     for dataset, overrides in datasets(study).items():
         everything[dataset] = {}
@@ -234,7 +276,10 @@ def run_study(study, workdir: str) -> str:
                 run_dir = os.path.join(workdir, dataset, method, f"seed_{seed}")
                 print(f"study: {dataset} / {method} / seed {seed} -> {run_dir}", flush=True)
                 everything[dataset][method].append(run_one(run_config(study, method, overrides, seed), run_dir))
-    return report(study, everything, workdir)
+    text = report(study, everything, workdir)
+    if repository:
+        publish(text, summary(study, everything), workdir, repository)
+    return text
 
 
 def main(argv):
@@ -245,7 +290,7 @@ def main(argv):
     from pmrl_jax.data.features import FeaturesError
 
     try:
-        text = run_study(_CONFIG.value, _WORKDIR.value)
+        text = run_study(_CONFIG.value, _WORKDIR.value, _PUBLISH.value)
     except (ConfigError, FeaturesError, FileNotFoundError) as error:
         raise SystemExit(f"pmrl_jax.study: {error}") from None
     print(text)
