@@ -80,7 +80,7 @@ def robustness_plot(curves: Mapping[str, Mapping], path: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for method, curve in curves.items():
         ax.plot(curve["levels"], curve["R@1"], marker="o", label=method)
-    ax.set_xlabel("std of the Gaussian noise added to every input")
+    ax.set_xlabel("Gaussian noise added to every input, in units of each feature's train std")
     ax.set_ylabel("mean any-to-any R@1")
     ax.set_ylim(0, None)
     ax.legend()

@@ -140,11 +140,12 @@ def summarise(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def table(runs: dict[str, list[dict]], columns: list[str], with_time: bool = False) -> str:
+def table(runs: dict[str, list[dict]], columns: list[str], with_time: bool = False, prefix: str = "") -> str:
     """A markdown table: one row per method (the frozen inputs first where they have the
-    figures), one column per figure, mean ± std over the seeds. A method run on other
-    modalities than the first method's says which."""
-    header = ["method"] + [c.replace("|", "/") for c in columns] + (["train s"] if with_time else [])
+    figures), one column per figure (its name without `prefix`), mean ± std over the
+    seeds. A method run on other modalities than the first method's says which."""
+    header = (["method"] + [c.removeprefix(prefix).strip("()") for c in columns]
+              + (["train s"] if with_time else []))
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     reference = next(iter(runs.values()))[0]["config"]["modalities"]
     frozen = next((run["figures"] for method_runs in runs.values() for run in method_runs
@@ -186,12 +187,16 @@ def tables(runs: dict[str, list[dict]], measures) -> list[tuple[str, str]]:
 
 
 def robustness_curves(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """{method label: the mean robustness curve over its seeds}."""
     curves = {}
+    reference = next(iter(runs.values()))[0]["config"]["modalities"]
     for method, method_runs in runs.items():
+        modalities = method_runs[0]["config"]["modalities"]
+        label = method if modalities == reference else f"{method} ({', '.join(modalities)})"
         levels = sorted({float(name.split("/")[1]) for run in method_runs for name in run["figures"]
                          if name.startswith("robustness/")})
         if levels:
-            curves[method] = {"levels": levels, "R@1": [
+            curves[label] = {"levels": levels, "R@1": [
                 float(np.mean([run["figures"][f"robustness/{level:g}"] for run in method_runs])) for level in levels]}
     return curves
 
@@ -208,8 +213,11 @@ def summary(study, everything: dict) -> str:
         first = next(iter(runs.values()))[0]["config"]
         parts += ["", f"**{dataset}** (modalities {', '.join(first['modalities'])}; anchor `{first['anchor']}`):",
                   ""]
-        chosen = tables(runs, study.set_similarities)
-        parts += [chosen[0][1], "", chosen[1][1]]
+        measures = study.set_similarities
+        columns = [f"anchor->rest R@1 ({m})" for m in measures] + ["anchor->rest R@1 (re-ranked)"]
+        parts += [tables(runs, measures)[0][1], "", "The anchor against the set of the others, R@1 by measure:", "",
+                  table(runs, [c for c in columns if any(c in run["figures"] for r in runs.values() for run in r)],
+                        prefix="anchor->rest R@1 ")]
     return "\n".join(parts)
 
 
