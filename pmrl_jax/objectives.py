@@ -1,7 +1,9 @@
 """The losses the training job knows by name (`config.loss.name`, `config.warm_start.loss`).
 
 An objective turns the model's embeddings `[B, k, d]` (rows in `config.data.modalities`
-order) and its temperature into a scalar, reading its hyperparameters from `config.loss`.
+order) and its temperature into a scalar, reading its hyperparameters from `config.loss`;
+and hands on, by measure name, the `[B, B]` score matrices it formed on the way (GRAM:
+its volumes), so that the matching head's hard negatives do not compute them again.
 Each entry names the library function it calls and, where one exists, that function's
 memory-bounded form in `pmrl_jax.losses.blocked` (used with `config.loss.blocked`).
 
@@ -66,6 +68,15 @@ def _anchor_against_others(loss, z, temperature, s: Settings):
     return loss(anchor, others, temperature=temperature, label_smoothing=s.loss.label_smoothing)
 
 
+def _gram(loss, z, temperature, s: Settings):
+    anchor, others = split_anchor(z, s.anchor)
+    if loss is L.gram_contrastive_loss:  # the blocked form never holds the [B, B] volumes
+        value, volumes = loss(anchor, others, temperature=temperature, label_smoothing=s.loss.label_smoothing,
+                              return_volumes=True)
+        return value, {"volume": -volumes}
+    return loss(anchor, others, temperature=temperature, label_smoothing=s.loss.label_smoothing)
+
+
 def _pmrl(loss, z, temperature, s: Settings):
     del temperature  # PMRL's two temperatures are fixed hyperparameters, not the model's
     options = dict(alignment_temperature=s.loss.alignment_temperature,
@@ -101,7 +112,7 @@ OBJECTIVES: dict[str, Objective] = {
     "infonce": Objective(L.infonce_loss, LB.blocked_infonce_loss, _infonce, 2, 2, description="CLIP, two modalities"),
     "all_pairs": Objective(L.all_pairs_infonce_loss, None, _all_pairs, 2,
                            description="InfoNCE over every pair of modalities"),
-    "gram": Objective(L.gram_contrastive_loss, LB.blocked_gram_contrastive_loss, _anchor_against_others, 2,
+    "gram": Objective(L.gram_contrastive_loss, LB.blocked_gram_contrastive_loss, _gram, 2,
                       description="GRAM: volume InfoNCE, the anchor against the set of the others"),
     "pmrl": Objective(L.pmrl_loss, LB.blocked_pmrl_loss, _pmrl, 2,
                       description="PMRL: leading singular value + leading-direction repulsion"),
@@ -127,12 +138,20 @@ def check_objective(name: str, num_modalities: int, field: str = "config.loss.na
 
 
 def objective_fn(name: str, config: ml_collections.ConfigDict,
-                 devices: int = 1) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """`(z [B, k, d], temperature) -> scalar` for the loss `name` under `config`, blocked
-    when `config.loss.blocked` is set; `devices`: those the batch is split over."""
+                 devices: int = 1) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, dict]]:
+    """`(z [B, k, d], temperature) -> (scalar, {measure: [B, B] scores})` for the loss
+    `name` under `config`, blocked when `config.loss.blocked` is set; `devices`: those the
+    batch is split over. The scores (higher = more similar, no derivative) are those the
+    loss formed anyway; most losses hand on none."""
     objective = OBJECTIVES[name]
     loss = objective.blocked if config.loss.blocked else objective.plain
     if loss is None:
         raise ConfigError(f"config.loss.blocked=True, but the loss {name!r} has no blocked form; blocked: "
                           f"{', '.join(n for n, o in OBJECTIVES.items() if o.blocked)}")
-    return functools.partial(objective.call, loss, s=Settings(anchor_index(config), config.loss, devices))
+    call = functools.partial(objective.call, loss, s=Settings(anchor_index(config), config.loss, devices))
+
+    def value_and_scores(z, temperature):
+        out = call(z, temperature)
+        return out if isinstance(out, tuple) else (out, {})
+
+    return value_and_scores

@@ -183,15 +183,17 @@ class Trainer:
 
             def objective(model):
                 z, tokens = model(batch, rngs=nnx.Rngs(dropout=dropout_key))
-                contrastive = loss_fn(z, model.temperature())
+                contrastive, known_scores = loss_fn(z, model.temperature())
                 metrics = {"contrastive_loss": contrastive}
                 total = contrastive
                 if matching_weight:
-                    anchor_z, others_z = split_anchor(z, anchor)
+                    scores = known_scores.get(config.loss.similarity)
+                    if scores is None:
+                        anchor_z, others_z = split_anchor(z, anchor)
+                        scores = similarity(anchor_z[:, None], others_z)
                     match = matching_loss(model.matching, tokens[modalities[anchor]],
                                           jnp.concatenate([tokens[m] for m in others], axis=1),
-                                          similarity(anchor_z[:, None], others_z), negatives_key,
-                                          model.temperature())
+                                          scores, negatives_key, model.temperature())
                     metrics["matching_loss"] = match
                     total = total + matching_weight * match
                 return total, (metrics, ~jnp.all(jnp.isfinite(z), axis=(0, 2)))

@@ -166,7 +166,7 @@ def test_hard_negatives_are_drawn_at_the_contrastive_temperature():
     assert np.mean(np.asarray(rows) == hardest) < 0.1
 
 
-@pytest.mark.parametrize("depth,anchor_tokens,data_tokens", [(1, 1, 5), (2, 3, 4)])
+@pytest.mark.parametrize("depth,anchor_tokens,data_tokens", [(1, 1, 5), (2, 3, 4), (1, 9, 10)])
 def test_the_per_instance_matching_head_equals_the_pairwise_formulation(depth, anchor_tokens, data_tokens):
     """Encoding each instance once and gathering gives the logits, the loss and the
     gradients of gathering the tokens of every pair first (tests/matching_oracle.py)."""
@@ -187,3 +187,22 @@ def test_the_per_instance_matching_head_equals_the_pairwise_formulation(depth, a
     np.testing.assert_allclose(new, old, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(new_grads), jax.tree.leaves(old_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_hard_negatives_are_drawn_from_the_stated_distribution():
+    """Frequencies over 20,000 draws match softmax(s / tau) + 1e-4 with the positive
+    excluded, renormalised, within 5 standard errors for every candidate."""
+    b, draws = 6, 20_000
+    scores = jax.random.normal(jax.random.key(5), (b, b))
+    keys = jax.random.split(jax.random.key(6), draws)
+    rows, columns = jax.vmap(lambda k: sample_hard_negatives(scores, k, 0.5))(keys)
+
+    def expected(s):
+        weights = np.where(np.eye(b, dtype=bool), 0.0, np.asarray(jax.nn.softmax(s / 0.5, axis=-1)) + 1e-4)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    for drawn, probabilities in ((np.asarray(rows), expected(scores)), (np.asarray(columns), expected(scores.T))):
+        frequencies = np.stack([np.bincount(drawn[:, i], minlength=b) for i in range(b)]) / draws
+        standard_error = np.sqrt(probabilities * (1 - probabilities) / draws) + 1e-9
+        assert np.all(np.abs(frequencies - probabilities) <= 5 * standard_error + 1e-4)
+        assert np.all(frequencies[np.eye(b, dtype=bool)] == 0)

@@ -20,7 +20,8 @@ def gram_contrastive_loss(
     *,
     temperature: float | jax.Array,
     label_smoothing: float = 0.1,
-) -> jax.Array:
+    return_volumes: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """GRAM's symmetric volume InfoNCE.
 
         V[i, j] = Vol(a_i, m1_j, ..., m{k-1}_j)         (`volume_matrix`, unit rows)
@@ -42,9 +43,11 @@ def gram_contrastive_loss(
       others: `[B, k-1, d]` embeddings of the other modalities, row i the same instance.
       temperature: tau > 0 (a Python float or a learned scalar).
       label_smoothing: in [0, 1).
+      return_volumes: also return the volume matrix V `[B, B]` the loss was computed
+        from, without a derivative (the training step draws its hard negatives from it).
 
     Returns:
-      The scalar mean loss (float32).
+      The scalar mean loss (float32), and V with `return_volumes`.
 
     Example:
         >>> import jax
@@ -67,7 +70,8 @@ def gram_contrastive_loss(
     common.check_label_smoothing(label_smoothing)
     anchor, others = common.as_compute(anchor), common.as_compute(others)
     modalities = tuple(others[:, m] for m in range(others.shape[1]))
-    return _volume_infonce(anchor, modalities, jnp.asarray(temperature, anchor.dtype), label_smoothing)
+    loss, volumes = _volume_infonce(anchor, modalities, jnp.asarray(temperature, anchor.dtype), label_smoothing)
+    return (loss, jax.lax.stop_gradient(volumes)) if return_volumes else loss
 
 
 def _symmetric_row_dots(left, right):
@@ -88,15 +92,15 @@ def _determinant_and_adjugate(gram):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _volume_infonce(anchor, modalities, temperature, label_smoothing):
-    """symmetric_cross_entropy(-V / tau) from anchors `[B1, d]` and a tuple of n modality
-    arrays `[B2, d]`, L2-normalised here (so that the jvp rule writes the normalisation's
-    derivative too)."""
+    """(symmetric_cross_entropy(-V / tau), V) from anchors `[B1, d]` and a tuple of n
+    modality arrays `[B2, d]`, L2-normalised here (so that the jvp rule writes the
+    normalisation's derivative too). V is given no derivative (its tangent is zero)."""
     anchor, _, _, anchor_gram = common.unit_and_inverse_norm(anchor)
     modalities = tuple(common.l2_normalize(m) for m in modalities)
     candidate_det, adjugate = _determinant_and_adjugate(_symmetric_row_dots(modalities, modalities))
     cosines = [anchor @ modality.T for modality in modalities]
     volume = jnp.sqrt(jnp.maximum(pair_determinant(cosines, candidate_det, adjugate, anchor_gram[:, 0]), 0.0))
-    return common.symmetric_cross_entropy(-volume / temperature, label_smoothing)
+    return common.symmetric_cross_entropy(-volume / temperature, label_smoothing), volume
 
 
 @_volume_infonce.defjvp
@@ -107,7 +111,7 @@ def _volume_infonce_jvp(label_smoothing, primals, tangents):
     # softmaxes can all be shifted by the middle, -1/(2 tau) (XLA drops the test for a
     # constant temperature; a learned one is clipped well above 1/120 by default).
     temperature = primals[2]
-    loss, gradients = jax.lax.cond(
+    loss, gradients, volume = jax.lax.cond(
         0.5 / temperature <= common.FIXED_SHIFT_LIMIT,
         functools.partial(_loss_and_gradients, label_smoothing=label_smoothing, fixed_shift=True),
         functools.partial(_loss_and_gradients, label_smoothing=label_smoothing, fixed_shift=False),
@@ -117,11 +121,12 @@ def _volume_infonce_jvp(label_smoothing, primals, tangents):
         jnp.sum(gradient * direction)
         for gradient, direction in zip(jax.tree.leaves(gradients), jax.tree.leaves(tangents), strict=True)
     )
-    return loss, tangent
+    return (loss, volume), (tangent, jnp.zeros_like(volume))
 
 
 def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fixed_shift):
-    """The loss and its gradient with respect to each input of `_volume_infonce`, in the
+    """The loss, its gradient with respect to each input of `_volume_infonce`, and the
+    volumes, in the
     three products [B1, d] x [d, B2] per modality that any such loss needs (forward, and
     two in the backward pass) and a few fused sweeps over [B1, B2].
 
@@ -208,4 +213,4 @@ def _loss_and_gradients(anchor, modalities, temperature, *, label_smoothing, fix
         -2.0 * (det_grad @ candidate_det)[:, None],
     )
     anchor_grad = (anchor_grad - anchor * anchor_radial) * anchor_inverse_norm
-    return loss, (anchor_grad, modality_grads, temperature_grad)
+    return loss, (anchor_grad, modality_grads, temperature_grad), volume

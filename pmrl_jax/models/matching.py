@@ -100,8 +100,13 @@ def sample_hard_negatives(scores: jax.Array, key: jax.Array, temperature=1.0) ->
     row_key, column_key = jax.random.split(key)
 
     def draw(s, k):
+        # By inverting each row's cumulative weights at one uniform number per row: the
+        # distribution of jax.random.categorical without its B x B Gumbel draws. The
+        # positive's weight is 0, so no uniform number falls in its (empty) interval.
         weights = jnp.where(diagonal, 0.0, jax.nn.softmax(s, axis=-1) + NEGATIVE_SAMPLING_FLOOR)
-        return jax.random.categorical(k, jnp.log(weights), axis=-1)
+        cumulative = jnp.cumsum(weights, axis=-1)
+        u = jax.random.uniform(k, (s.shape[0], 1)) * cumulative[:, -1:]
+        return jnp.minimum(jnp.sum(cumulative <= u, axis=-1), s.shape[1] - 1)
 
     return draw(scores, row_key), draw(scores.T, column_key)
 
@@ -112,10 +117,9 @@ def matching_loss(head: MatchingHead, anchor_tokens, data_tokens, scores, key, t
     instance's tokens are encoded once and the encodings gathered for the pairs."""
     negative_data, negative_anchor = sample_hard_negatives(scores, key, temperature)
     b = anchor_tokens.shape[0]
-    rows = jnp.arange(b)
-    anchor_rows = jnp.concatenate([rows, rows, negative_anchor])
-    data_rows = jnp.concatenate([rows, negative_data, rows])
-    anchor = jax.tree.map(lambda t: t[anchor_rows], head.encode_anchor(anchor_tokens))
-    data = jax.tree.map(lambda t: t[data_rows], head.encode_data(data_tokens))
+    # Pairs (i, i), (i, n_i), (n'_i, i): only the negatives' third is gathered (a gather's
+    # derivative is a scatter-add, slow on CPU).
+    anchor = jax.tree.map(lambda t: jnp.concatenate([t, t, t[negative_anchor]]), head.encode_anchor(anchor_tokens))
+    data = jax.tree.map(lambda t: jnp.concatenate([t, t[negative_data], t]), head.encode_data(data_tokens))
     labels = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * b, jnp.int32)])
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(head.match(anchor, data), labels))
