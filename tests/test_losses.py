@@ -9,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from loss_table import LOSSES, default_k
+import naive
 from pmrl_jax import losses as L
 
 NAMES = sorted(LOSSES)
@@ -146,6 +147,60 @@ def test_gram_gradient_of_every_input_matches_naive(k):
             ref_hessians = jax.jit(jax.hessian(reference, argnums=(0, 1, 2)))(*args)
             for hessian, ref_hessian in zip(jax.tree.leaves(hessians), jax.tree.leaves(ref_hessians), strict=True):
                 np.testing.assert_allclose(hessian, ref_hessian, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_gram_log_volume_logits_match_naive_and_finite_differences(k):
+    """logits="log_volume": -log(V^2 + floor) / (2 tau) from stacked determinants, values
+    and gradients; and V handed on for the hard negatives."""
+    import naive
+
+    with jax.enable_x64(True):
+        x = random_batch(30 + k, 9, k, 7, np.float64)
+        args = (x[:, 0], x[:, 1:], 0.09)
+        loss = lambda a, o, t: L.gram_contrastive_loss(a, o, temperature=t, label_smoothing=0.2,  # noqa: E731
+                                                       logits="log_volume", log_floor=1e-3)
+        reference = lambda a, o, t: naive.symmetric_ce(  # noqa: E731
+            -0.5 * jnp.log(naive.volume_matrix(a, o) ** 2 + 1e-3) / t, 0.2)
+        value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
+        ref_value, ref_grads = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2)))(*args)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-10)
+        for grad, ref_grad in zip(grads, ref_grads, strict=True):
+            np.testing.assert_allclose(grad, ref_grad, rtol=1e-7, atol=1e-10)
+        check_grads(jax.jit(loss), (x[:5, 0], x[:5, 1:], 0.09), order=1, modes=["fwd", "rev"])
+        _, volumes = L.gram_contrastive_loss(*args[:2], temperature=0.09, logits="log_volume", return_volumes=True)
+        np.testing.assert_allclose(volumes, naive.volume_matrix(x[:, 0], x[:, 1:]), rtol=1e-9, atol=1e-12)
+
+
+def test_gram_log_volume_ranks_anchors_by_their_distance_from_each_candidate_span():
+    """Over the anchors of one candidate (a column), log V^2 = log det M_j + log d_ij^2
+    with d_ij the anchor's distance from the span of candidate j's rows (least squares,
+    an independent formulation): the candidate's own volume cancels from the column's
+    softmax, so the column loss is the cross-entropy of -log d^2 / (2 tau)."""
+    x = random_batch(41, 10, 4, 12, np.float64)
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    anchor, others = x[:, 0], x[:, 1:]
+    distances = np.empty((10, 10))
+    for j in range(10):
+        basis = others[j].T                                              # [d, k-1]
+        residual = anchor.T - basis @ np.linalg.lstsq(basis, anchor.T, rcond=None)[0]
+        distances[:, j] = np.sum(residual**2, axis=0)
+    tau = 0.1
+    with jax.enable_x64(True):
+        loss = float(L.gram_contrastive_loss(anchor, others, temperature=tau, label_smoothing=0.0,
+                                             logits="log_volume", log_floor=1e-300))
+        column_part = float(naive.cross_entropy(jnp.asarray(-np.log(distances).T / (2 * tau))))
+        row_logits = -np.log(np.asarray(naive.volume_matrix(anchor, others)) ** 2) / (2 * tau)
+        row_part = float(naive.cross_entropy(jnp.asarray(row_logits)))
+    np.testing.assert_allclose(loss, 0.5 * (row_part + column_part), rtol=1e-9)
+
+
+def test_gram_logits_option_is_checked():
+    x = random_batch(0, 4, 3, 8)
+    with pytest.raises(ValueError, match="logits='log'"):
+        L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.1, logits="log")
+    with pytest.raises(ValueError, match="log_floor"):
+        L.gram_contrastive_loss(x[:, 0], x[:, 1:], temperature=0.1, logits="log_volume", log_floor=0.0)
 
 
 def test_gram_temperature_gradient_is_accurate_in_float32():

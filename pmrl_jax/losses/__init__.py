@@ -18,6 +18,7 @@ from pmrl_jax.losses.geometry import (
     symmetric_determinant,
     volume_matrix,
 )
+from pmrl_jax.losses.gram import LOGITS as GRAM_LOGITS
 from pmrl_jax.losses.gram import gram_contrastive_loss
 from pmrl_jax.losses.infonce import all_pairs_infonce_loss, anchored_infonce_loss, cosine_matrix, infonce_loss
 from pmrl_jax.losses.pmrl import pmrl_alignment_loss, pmrl_loss, pmrl_regularization_loss
@@ -32,6 +33,7 @@ from pmrl_jax.losses.symile import mip_matrix, symile_loss
 from pmrl_jax.losses.triangle import triangle_area_matrix, triangle_contrastive_loss
 
 __all__ = [
+    "GRAM_LOGITS",
     "Similarity",
     "all_pairs_infonce_loss",
     "anchored_infonce_loss",

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 
 from pmrl_jax.losses import common
 from pmrl_jax.losses.explicit_axes import runs_in_auto_axes
-from pmrl_jax.losses.geometry import pair_determinant, symmetric_adjugate, symmetric_determinant
+from pmrl_jax.losses.geometry import pair_determinant, symmetric_adjugate, symmetric_determinant, volume_matrix_terms
+
+LOGITS = ("volume", "log_volume")
 
 
 @runs_in_auto_axes("scalar")
@@ -21,11 +23,14 @@ def gram_contrastive_loss(
     temperature: float | jax.Array,
     label_smoothing: float = 0.1,
     return_volumes: bool = False,
+    logits: str = "volume",
+    log_floor: float = 1e-4,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """GRAM's symmetric volume InfoNCE.
 
         V[i, j] = Vol(a_i, m1_j, ..., m{k-1}_j)         (`volume_matrix`, unit rows)
-        logits  = -V / tau
+        logits  = -V / tau                              (logits="volume", the paper's)
+                  -log(V^2 + floor) / (2 tau)           (logits="log_volume")
         L_vol   = 1/2 * (CE_ls(logits, diag) + CE_ls(logits^T, diag))
 
     CE_ls is softmax cross-entropy with label smoothing (0.1 in the official code) and
@@ -38,6 +43,16 @@ def gram_contrastive_loss(
     `sqrt(abs(det))` has none), no [B, B, k, k] tensor is built, and under `jax.jit` with
     a sharded batch the loss and its gradient cover the global batch exactly.
 
+    `logits="log_volume"` is this library's option, not the paper's. Since
+    log V^2 = log det M_j + log(s - c^T M_j^-1 c), the candidate's own volume (det M_j)
+    becomes an additive term of its logit: it cancels from the softmax over anchors (a
+    column), and over candidates (a row) it is one bias per candidate rather than a factor
+    on every anchor's volume. What is left is the Schur complement, the squared distance
+    of the anchor from the candidate's span. Volumes near 0 spread over many units of
+    logit instead of crowding at -0 / tau. `log_floor`
+    keeps the logit and its derivative finite at V = 0. Its gradient is plain autodiff
+    of the closed-form determinant, not the fused one of the volume logits.
+
     Args:
       anchor: `[B, d]` embeddings of the anchor modality (text in the paper).
       others: `[B, k-1, d]` embeddings of the other modalities, row i the same instance.
@@ -45,6 +60,8 @@ def gram_contrastive_loss(
       label_smoothing: in [0, 1).
       return_volumes: also return the volume matrix V `[B, B]` the loss was computed
         from, without a derivative (the training step draws its hard negatives from it).
+      logits: "volume" (-V / tau) or "log_volume" (-log(V^2 + log_floor) / (2 tau)).
+      log_floor: > 0, added to V^2 under the logarithm (`logits="log_volume"` only).
 
     Returns:
       The scalar mean loss (float32), and V with `return_volumes`.
@@ -68,10 +85,25 @@ def gram_contrastive_loss(
         )
     common.check_temperature(temperature)
     common.check_label_smoothing(label_smoothing)
+    if logits not in LOGITS:
+        raise ValueError(f"logits={logits!r}; expected one of {LOGITS}")
+    if not log_floor > 0:
+        raise ValueError(f"log_floor must be > 0; got {log_floor}")
     anchor, others = common.as_compute(anchor), common.as_compute(others)
+    if logits == "log_volume":
+        determinant = jnp.maximum(pair_determinant_of(anchor, others), 0.0)
+        loss = common.symmetric_cross_entropy(
+            -0.5 * jnp.log(determinant + log_floor) / jnp.asarray(temperature, anchor.dtype), label_smoothing)
+        return (loss, jax.lax.stop_gradient(jnp.sqrt(determinant))) if return_volumes else loss
     modalities = tuple(others[:, m] for m in range(others.shape[1]))
     loss, volumes = _volume_infonce(anchor, modalities, jnp.asarray(temperature, anchor.dtype), label_smoothing)
     return (loss, jax.lax.stop_gradient(volumes)) if return_volumes else loss
+
+
+def pair_determinant_of(anchor: jax.Array, others: jax.Array) -> jax.Array:
+    """det G_ij = V[i, j]^2 `[B1, B2]` of L2-normalised rows, differentiable by autodiff."""
+    cosines, candidate_det, adjugate, anchor_gram = volume_matrix_terms(anchor, others)
+    return pair_determinant([cosines[:, a] for a in range(cosines.shape[1])], candidate_det, adjugate, anchor_gram)
 
 
 def _symmetric_row_dots(left, right):
