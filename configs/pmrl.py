@@ -13,9 +13,9 @@ from pmrl_jax.configs import finalize, get_base_config
 def get_config(arg=None):
     config = get_base_config()
     config.loss.name = "pmrl"
-    config.loss.alignment_temperature = 0.05
-    config.loss.regularization_temperature = 0.1
-    config.loss.regularization_weight = 1.0
+    config.loss.pmrl.alignment_temperature = 0.05
+    config.loss.pmrl.regularization_temperature = 0.1
+    config.loss.pmrl.regularization_weight = 1.0
     config.model.matching.enabled = True   # anchored on config.loss.anchor
     config.warm_start.loss = "clip"
     config.warm_start.steps = 1400

@@ -30,7 +30,7 @@ FIELD_BOUNDS = {
     "model.embed_dim": (1, None),
     "model.matching.weight": (0, None),
     "loss.label_smoothing": (0, 1),
-    "loss.regularization_weight": (0, None),
+    "loss.pmrl.regularization_weight": (0, None),
     "warm_start.steps": (0, None),
     "optimizer.warmup_steps": (0, None),
     "optimizer.weight_decay": (0, None),
@@ -77,19 +77,26 @@ def _check_losses(config: ml_collections.ConfigDict) -> None:
         if config.loss.blocked and name and OBJECTIVES[name].blocked is None:
             raise ConfigError(f"config.loss.blocked=True, but {field}={name!r} has no blocked form; blocked: "
                               f"{', '.join(n for n, o in OBJECTIVES.items() if o.blocked)}")
-    if config.loss.regularization_scope not in ("global", "device"):
-        raise ConfigError(f"config.loss.regularization_scope={config.loss.regularization_scope!r}; expected "
+    if config.loss.pmrl.regularization_scope not in ("global", "device"):
+        raise ConfigError(f"config.loss.pmrl.regularization_scope={config.loss.pmrl.regularization_scope!r}; expected "
                           f"'global' or 'device'")
+    logits = config.loss.gram.volume_logits
+    if logits not in L.GRAM_LOGITS:
+        raise ConfigError(f"config.loss.gram.volume_logits={logits!r}; expected one of {L.GRAM_LOGITS}")
+    if logits != "volume" and config.loss.blocked and "gram" in (config.loss.name, config.warm_start.loss):
+        raise ConfigError(f"config.loss.gram.volume_logits={logits!r} has no blocked form; "
+                          f"use it with config.loss.blocked=False")
     for field in ("alignment_temperature", "regularization_temperature"):
-        if config.loss[field] <= 0:
-            raise ConfigError(f"config.loss.{field} must be > 0; got {config.loss[field]}")
+        if config.loss.pmrl[field] <= 0:
+            raise ConfigError(f"config.loss.pmrl.{field} must be > 0; got {config.loss.pmrl[field]}")
     for field in ("loss.similarity", "eval.similarity"):
         value = functools.reduce(getattr, field.split("."), config)
         if value not in L.similarity_names():
             raise ConfigError(f"config.{field}={value!r}; known: {', '.join(L.similarity_names())}")
-    unknown = [m for m in config.eval.set_similarities if m not in L.similarity_names()]
+    unknown = [m for m in config.eval.retrieval.set_similarities if m not in L.similarity_names()]
     if unknown:
-        raise ConfigError(f"config.eval.set_similarities names {unknown}; known: {', '.join(L.similarity_names())}")
+        raise ConfigError(f"config.eval.retrieval.set_similarities names {unknown}; known: "
+                          f"{', '.join(L.similarity_names())}")
 
 
 def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tuple[int, ...]],

@@ -90,14 +90,20 @@ def get_base_config() -> ConfigDict:
     config.loss = ConfigDict()
     config.loss.name = "clip"                      # see pmrl_jax.objectives
     config.loss.anchor = config_dict.placeholder(str)  # a modality's name; None: the first modality
-    config.loss.label_smoothing = 0.0
-    config.loss.alignment_temperature = 0.05       # PMRL tau1
-    config.loss.regularization_temperature = 0.1   # PMRL tau2
-    config.loss.regularization_weight = 1.0        # PMRL weight of L_M'
-    # PMRL's L_M' repels the leading directions over the global batch ("global"), or
-    # within each device's rows ("device", as the paper's code: 16 per device there).
-    config.loss.regularization_scope = "global"
+    config.loss.label_smoothing = 0.0              # the batch-contrastive losses (all but PMRL's)
     config.loss.similarity = "cosine"              # measure for the matching head's hard negatives
+    # Each method's own hyperparameters: config.loss.<method>.
+    config.loss.pmrl = ConfigDict()
+    config.loss.pmrl.alignment_temperature = 0.05      # tau1
+    config.loss.pmrl.regularization_temperature = 0.1  # tau2
+    config.loss.pmrl.regularization_weight = 1.0       # the weight of L_M'
+    # L_M' repels the leading directions over the global batch ("global"), or within
+    # each device's rows ("device", as the paper's code: 16 per device there).
+    config.loss.pmrl.regularization_scope = "global"
+    config.loss.gram = ConfigDict()
+    # "volume" (-V / tau, the paper's) or "log_volume" (-log V / tau: the candidate's own
+    # volume becomes an additive term; docs/math.md, "GRAM").
+    config.loss.gram.volume_logits = "volume"
     # The loss over a ring of devices (pmrl_jax.losses.blocked): no device holds the
     # [B, B] score matrix, for global batches whose matrix does not fit.
     config.loss.blocked = False
@@ -122,7 +128,8 @@ def get_base_config() -> ConfigDict:
     config.mesh.fsdp = 1
     config.mesh.fsdp_min_size = 2**18              # parameters with fewer elements stay replicated
 
-    # Evaluators run on data.eval_split after training and by --mode=eval (pmrl_jax.evaluation).
+    # Evaluators run on data.eval_split after training and by --mode=eval (pmrl_jax.evaluation);
+    # each reads its own section config.eval.<name>.
     config.evals = ("retrieval", "classification", "robustness")   # and "rerank" (needs the matching head)
     config.eval = ConfigDict()
     # Model selection: every `every` steps (and at the start of the final loss's stage),
@@ -130,21 +137,24 @@ def get_base_config() -> ConfigDict:
     # checkpoint and the final evaluation uses it. 0 turns it off (the last step is used).
     config.eval.every = 100
     config.eval.patience = 0                       # stop after this many evaluations without a better one; 0: never
-    config.eval.similarity = "cosine"              # any-to-any retrieval measure (pmrl_jax.losses registry)
+    # The measure of any-to-any retrieval, of model selection and of Run.search
+    # (pmrl_jax.losses registry).
+    config.eval.similarity = "cosine"
+    config.eval.tile = 1024                        # candidates per scoring block (memory: rows/devices x tile)
+    config.eval.plots = True                       # PNGs in the workdir
+    config.eval.retrieval = ConfigDict()
     # e.g. ("pix->fac+kar", "fac+kar->pix"). None: the anchor against the first 1, 2, ..
     # of the other modalities (GRAM's t->v, t->va, t->vas: missing modalities at test
     # time), and all of them against the anchor (k >= 3); () for none.
-    config.eval.set_queries = config_dict.placeholder(tuple)
+    config.eval.retrieval.set_queries = config_dict.placeholder(tuple)
     # The measures set queries are scored by (pmrl_jax.losses registry), each in turn.
-    config.eval.set_similarities = ("cosine", "mean_cosine", "volume", "normalized_volume", "sigma1")
-    config.eval.rerank_top_k = 50                  # candidates the matching head re-scores
-    config.eval.noise_levels = (0.0, 0.5, 1.0, 2.0)  # robustness: noise std, per feature std of the train split
-    # classification: a .npy with one input of this modality per class, in label order
-    # (e.g. token ids of "a photo of a <class>"), embedded as zero-shot prototypes.
-    config.eval.class_descriptions = ""
-    config.eval.class_description_modality = ""
-    config.eval.tile = 1024                        # candidates per scoring block (memory: rows/devices x tile)
-    config.eval.plots = True                       # PNGs in the workdir
+    config.eval.retrieval.set_similarities = ("cosine", "mean_cosine", "volume", "normalized_volume", "sigma1")
+    config.eval.rerank = ConfigDict(dict(top_k=50))  # candidates the matching head re-scores
+    # Noise std levels, as multiples of each input feature's std on the train split.
+    config.eval.robustness = ConfigDict(dict(noise_levels=(0.0, 0.5, 1.0, 2.0)))
+    # A .npy with one input of `description_modality` per class, in label order (e.g. the
+    # token ids of "a photo of a <class>"), embedded as zero-shot prototypes; "": none.
+    config.eval.classification = ConfigDict(dict(descriptions="", description_modality=""))
     return config
 
 
@@ -157,7 +167,7 @@ def smoke(config: ConfigDict) -> ConfigDict:
     config.data.eval_batch_size = 64
     config.data.num_modalities = 3                 # three modalities keep compilation short
     config.eval.every = 3
-    config.eval.noise_levels = (0.0, 1.0)
+    config.eval.robustness.noise_levels = (0.0, 1.0)
     config.model.width = 32
     config.optimizer.warmup_steps = 2
     if config.warm_start.steps:

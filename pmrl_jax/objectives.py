@@ -72,17 +72,18 @@ def _gram(loss, z, temperature, s: Settings):
     anchor, others = split_anchor(z, s.anchor)
     if loss is L.gram_contrastive_loss:  # the blocked form never holds the [B, B] volumes
         value, volumes = loss(anchor, others, temperature=temperature, label_smoothing=s.loss.label_smoothing,
-                              return_volumes=True)
+                              return_volumes=True, logits=s.loss.gram.volume_logits)
         return value, {"volume": -volumes}
     return loss(anchor, others, temperature=temperature, label_smoothing=s.loss.label_smoothing)
 
 
 def _pmrl(loss, z, temperature, s: Settings):
     del temperature  # PMRL's two temperatures are fixed hyperparameters, not the model's
-    options = dict(alignment_temperature=s.loss.alignment_temperature,
-                   regularization_temperature=s.loss.regularization_temperature,
-                   regularization_weight=s.loss.regularization_weight)
-    if s.loss.regularization_scope == "device":
+    pmrl = s.loss.pmrl
+    options = dict(alignment_temperature=pmrl.alignment_temperature,
+                   regularization_temperature=pmrl.regularization_temperature,
+                   regularization_weight=pmrl.regularization_weight)
+    if pmrl.regularization_scope == "device":
         # Each device's rows repel among themselves: local, so the plain loss is bounded
         # in memory too (blocked or not).
         return L.pmrl_loss(z, regularization_groups=s.devices, **options)

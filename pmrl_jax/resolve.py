@@ -123,10 +123,10 @@ def resolve(config: ml_collections.ConfigDict, shapes_of=None) -> tuple[ml_colle
     elif config.loss.anchor not in config.data.modalities:
         raise ConfigError(f"config.loss.anchor={config.loss.anchor!r} is not one of config.data.modalities "
                           f"{list(config.data.modalities)}")
-    if config.eval.set_queries is None:
-        config.eval.set_queries = default_set_queries(config.data.modalities, config.loss.anchor)
-        if config.eval.set_queries:
-            choices.append(f"set queries {list(config.eval.set_queries)}")
+    if config.eval.retrieval.set_queries is None:
+        config.eval.retrieval.set_queries = default_set_queries(config.data.modalities, config.loss.anchor)
+        if config.eval.retrieval.set_queries:
+            choices.append(f"set queries {list(config.eval.retrieval.set_queries)}")
 
     defaulted = [path for path, value in spec.defaults.items() if _get(config, path) is None]
     for path in defaulted:

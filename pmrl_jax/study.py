@@ -11,8 +11,9 @@ validation, and evaluates on the test split. The study then writes `results.md` 
 they can be compared) and `robustness_<dataset>.png` into its workdir, and
 `results.json` with every run's figures. A run already done (its `study_run.json` is
 there) is read back, not trained again, so an interrupted study resumes. With
-`--publish=.` (the repository root) it also writes `docs/results.md` with its plots and
-the README's results section: the README's figures come from this command.
+`--publish=.` (the repository root) it also writes `docs/<config.report>.md` with its
+plots and, for the main study (`report = "results"`), the README's results section: the
+README's figures come from this command.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the study's config file, e.g. configs/study.py")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/study", "where the runs, results.md and the plots go")
-_PUBLISH = flags.DEFINE_string("publish", None, "a repository root: also write its docs/results.md (and plots) "
+_PUBLISH = flags.DEFINE_string("publish", None, "a repository root: also write its docs/<report>.md (and plots) "
                                "and the README's results section between its <!-- results --> markers")
 
 RUN_FILE = "study_run.json"
@@ -61,15 +62,37 @@ def _dotted(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def rows(study) -> dict[str, tuple[str, dict]]:
+    """{row label: (method, dotted overrides)}: each of `study.methods` as its config is,
+    then each of `study.variants` (a method's config with the variant's overrides)."""
+    from pmrl_jax.configs import ConfigError
+
+    chosen = {method: (method, {}) for method in study.methods}
+    for label, variant in study.variants.items():
+        if label in chosen:
+            raise ConfigError(f"config.variants.{label} has the name of a method of config.methods")
+        if set(variant) != {"method", "overrides"}:
+            raise ConfigError(f"config.variants.{label} needs exactly the fields 'method' and 'overrides'; "
+                              f"got {sorted(variant)}")
+        chosen[label] = (variant.method, _dotted(variant.overrides.to_dict()))
+    if not chosen:
+        raise ConfigError("the study has nothing to run: config.methods and config.variants are empty")
+    return chosen
+
+
 def run_config(study, method: str, overrides: dict, seed: int):
-    from pmrl_jax.configs import load_config_file
+    from pmrl_jax.configs import ConfigError, load_config_file
 
     config = load_config_file(os.path.join(study.method_configs, f"{method}.py") + (":smoke" if study.smoke else ""))
     for path, value in {**overrides, **_dotted(study.overrides.to_dict()), "seed": seed}.items():
         *parents, key = path.split(".")
         node = config
         for parent in parents:
+            if parent not in node:
+                raise ConfigError(f"study override {path}: the config of {method!r} has no field {parent!r}")
             node = node[parent]
+        if key not in node:
+            raise ConfigError(f"study override {path}: the config of {method!r} has no field {key!r}")
         node[key] = value
     return config
 
@@ -121,6 +144,11 @@ def figures_of(results: dict, config) -> dict:
         for measure, table in frozen["set_queries"].items():
             for direction, row in table.items():
                 figures[f"frozen/{_label(direction, anchor, others)} R@1 ({measure})"] = row["R@1"]
+    for prefix, source in (("", retrieval), ("frozen/", frozen)):
+        cosines = source.get("positive_cosine")
+        if cosines:
+            figures[f"{prefix}own views' cosine (mean)"] = float(np.mean(list(cosines.values())))
+            figures[f"{prefix}own views' cosine (lowest pair)"] = min(cosines.values())
     for direction, value in evals.get("rerank", {}).items():
         if isinstance(value, dict):
             figures[f"{_label(direction, anchor, others)} R@1 (re-ranked)"] = value["reranked"]["R@1"]
@@ -172,7 +200,10 @@ def tables(runs: dict[str, list[dict]], measures) -> list[tuple[str, str]]:
     growing subsets of the others."""
     names = {name for method_runs in runs.values() for run in method_runs for name in run["figures"]}
     groups = [("Pairwise retrieval (cosine), and the step model selection chose", ["pairwise R@1", "chosen step"],
-               True)]
+               True),
+              ("How close each instance's own views are: the mean over the test instances of the cosine "
+               "between two of its modalities, averaged over the pairs and for the lowest pair",
+               [c for c in ("own views' cosine (mean)", "own views' cosine (lowest pair)") if c in names], False)]
     for direction in ("anchor->rest", "rest->anchor"):
         columns = [f"{direction} R@1 ({m})" for m in measures] + [f"{direction} R@1 (re-ranked)"]
         groups.append((f"Set queries {direction}: R@1 by measure", [c for c in columns if c in names], False))
@@ -221,8 +252,9 @@ def summary(study, everything: dict) -> str:
     return "\n".join(parts)
 
 
-def publish(text: str, short: str, workdir: str, repository: str) -> None:
-    """docs/results.md (+ its plots) and the README's section between the markers."""
+def publish(text: str, short: str | None, workdir: str, repository: str, report_name: str = "results") -> None:
+    """docs/<report_name>.md (+ its plots) and, given `short`, the README's section
+    between the markers."""
     import shutil
 
     from pmrl_jax.workdir import write_atomically
@@ -231,7 +263,9 @@ def publish(text: str, short: str, workdir: str, repository: str) -> None:
     for name in os.listdir(workdir):
         if name.endswith(".png"):
             shutil.copy(os.path.join(workdir, name), os.path.join(docs, name))
-    write_atomically(os.path.join(docs, "results.md"), text)
+    write_atomically(os.path.join(docs, f"{report_name}.md"), text)
+    if short is None:
+        return
     readme_path = os.path.join(repository, "README.md")
     with open(readme_path) as f:
         readme = f.read()
@@ -247,7 +281,7 @@ def report(study, everything: dict, workdir: str) -> str:
     from pmrl_jax.workdir import write_atomically
 
     seeds = len(study.seeds)
-    parts = [f"# Study: {', '.join(study.methods)} on {', '.join(everything)}",
+    parts = [f"# Study: {', '.join(rows(study))} on {', '.join(everything)}",
              "",
              f"Test split; each cell is the mean ± standard deviation over {seeds} seed(s) "
              f"({', '.join(map(str, study.seeds))}); R@1 with ties counted against the model. "
@@ -275,18 +309,25 @@ def report(study, everything: dict, workdir: str) -> str:
 
 
 def run_study(study, workdir: str, repository: str | None = None) -> str:
+    from pmrl_jax.configs import ConfigError
+
+    if not study.report.isidentifier():
+        raise ConfigError(f"config.report={study.report!r}: expected a file name such as 'results'")
     everything = {}
+    chosen = rows(study)
     for dataset, overrides in datasets(study).items():
         everything[dataset] = {}
-        for method in study.methods:
-            everything[dataset][method] = []
+        for label, (method, row_overrides) in chosen.items():
+            everything[dataset][label] = []
             for seed in study.seeds:
-                run_dir = os.path.join(workdir, dataset, method, f"seed_{seed}")
-                print(f"study: {dataset} / {method} / seed {seed} -> {run_dir}", flush=True)
-                everything[dataset][method].append(run_one(run_config(study, method, overrides, seed), run_dir))
+                run_dir = os.path.join(workdir, dataset, label, f"seed_{seed}")
+                print(f"study: {dataset} / {label} / seed {seed} -> {run_dir}", flush=True)
+                config = run_config(study, method, {**overrides, **row_overrides}, seed)
+                everything[dataset][label].append(run_one(config, run_dir))
     text = report(study, everything, workdir)
     if repository:
-        publish(text, summary(study, everything), workdir, repository)
+        main_study = study.report == "results"
+        publish(text, summary(study, everything) if main_study else None, workdir, repository, study.report)
     return text
 
 

@@ -41,14 +41,14 @@ def test_defaults_follow_the_papers():
     gram, pmrl = load_config("gram", None), load_config("pmrl", None)
     assert gram.loss.label_smoothing == 0.1 and gram.model.temperature.initial == 0.07
     assert gram.model.matching.enabled and gram.model.matching.weight == 0.1
-    assert (pmrl.loss.alignment_temperature, pmrl.loss.regularization_temperature) == (0.05, 0.1)
+    assert (pmrl.loss.pmrl.alignment_temperature, pmrl.loss.pmrl.regularization_temperature) == (0.05, 0.1)
     assert pmrl.model.matching.weight == 0.1
 
 
 def test_the_data_decides_what_the_config_leaves_open():
     clip = resolved("clip", None)
     assert clip.data.modalities == ("pix", "fac", "kar", "fou", "zer", "mor") and clip.loss.anchor == "pix"
-    assert clip.eval.set_queries == ("pix->fac", "pix->fac+kar", "pix->fac+kar+fou", "pix->fac+kar+fou+zer",
+    assert clip.eval.retrieval.set_queries == ("pix->fac", "pix->fac+kar", "pix->fac+kar+fou", "pix->fac+kar+fou+zer",
                                      "pix->fac+kar+fou+zer+mor", "fac+kar+fou+zer+mor->pix")
     assert (clip.data.gaussian_noise, clip.data.gaussian_noise_exclude) == (0.5, ("mor",))
     assert (clip.model.encoder.kind, clip.model.embed_dim, clip.model.standardize) == ("mlp", 128, False)
@@ -57,7 +57,7 @@ def test_the_data_decides_what_the_config_leaves_open():
     assert resolved("triangle", None, **{"loss.anchor": "zer"}).data.modalities == ("zer", "pix", "fac")
     # Named modalities are kept as given (a shell's "a,b" is split), the anchor among them.
     named = resolved("gram", None, **{"data.modalities": ("kar,fou",), "loss.anchor": "fou"})
-    assert named.data.modalities == ("kar", "fou") and named.eval.set_queries == ()
+    assert named.data.modalities == ("kar", "fou") and named.eval.retrieval.set_queries == ()
     # Resolving a resolved config changes nothing.
     assert resolve(clip, _shapes)[0].to_dict() == clip.to_dict()
 
@@ -94,9 +94,12 @@ def _field(config, path):
     ("warm_start.loss", "nope", "config.warm_start.loss='nope'"),
     ("loss.similarity", "dot", "config.loss.similarity='dot'"),
     ("model.temperature.initial", 0.0, "config.model.temperature"),
-    ("loss.alignment_temperature", -1.0, "config.loss.alignment_temperature must be > 0"),
+    ("loss.pmrl.alignment_temperature", -1.0, "config.loss.pmrl.alignment_temperature must be > 0"),
     ("data.batch_size", 30, "config.data.batch_size=30"),
-    ("eval.set_similarities", ("cosine", "cos"), "config.eval.set_similarities names ['cos']"),
+    ("eval.retrieval.set_similarities", ("cosine", "cos"), "config.eval.retrieval.set_similarities names ['cos']"),
+    ("eval.robustness.noise_levels", (0.0, -1.0), "config.eval.robustness.noise_levels=(0.0, -1.0)"),
+    ("eval.rerank.top_k", 0, "config.eval.rerank.top_k=0"),
+    ("loss.gram.volume_logits", "log", "config.loss.gram.volume_logits='log'"),
     ("model.dtype", "float16", "config.model.dtype='float16'"),
     ("nonfinite", "ignore", "config.nonfinite='ignore'"),
 ])

@@ -10,7 +10,7 @@ from pmrl_jax import evaluation, losses as L, sharding
 from pmrl_jax.evaluation import metrics, ranking as scoring
 from pmrl_jax.evaluation.classification import Classification
 from pmrl_jax.evaluation.rerank import rerank_ranks
-from pmrl_jax.evaluation.retrieval import any_to_any, parse_set_query
+from pmrl_jax.evaluation.retrieval import any_to_any, parse_set_query, positive_cosines
 
 
 def brute_force_ranks(scores):
@@ -97,6 +97,18 @@ def test_any_to_any_covers_every_ordered_pair_and_perfect_embeddings_score_one()
     assert any_to_any(rank, flipped, ["a", "b", "c"], "volume")["a->b"]["R@1"] == 1.0
 
 
+def test_positive_cosines_see_antipodal_views_that_a_volume_does_not():
+    """Views embedded on one line but pointing opposite ways have volume 0 (perfectly
+    'aligned' for GRAM) and mean positive cosine -1."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 8))
+    z = np.stack([a, -3.0 * a, 2.0 * a + 1e-9 * rng.normal(size=(50, 8))], axis=1)
+    cosines = positive_cosines(z, ["x", "y", "w"])
+    assert list(cosines) == ["x-y", "x-w", "y-w"]
+    np.testing.assert_allclose([cosines["x-y"], cosines["x-w"], cosines["y-w"]], [-1.0, 1.0, -1.0], atol=1e-6)
+    np.testing.assert_allclose(L.volume_matrix(z[:, 0], z[:, 1:]).diagonal(), 0.0, atol=1e-3)
+
+
 def test_rerank_ranks_within_the_shortlist_and_keeps_misses():
     plain = np.array([2, 7, 60])
     shortlist = np.array([[3, 0, 4], [1, 5, 6], [0, 1, 5]])  # query 2's match is not in its shortlist
@@ -114,7 +126,7 @@ def test_top_k_accuracy_counts_ties_against():
 
 @pytest.mark.parametrize("text", ["pix->pix", "pix->", "pix+audio->fac", "pix fac"])
 def test_bad_set_queries_are_named(text):
-    with pytest.raises(ValueError, match="config.eval.set_queries entry"):
+    with pytest.raises(ValueError, match="config.eval.retrieval.set_queries entry"):
         parse_set_query(text, ["pix", "fac", "kar"])
 
 
@@ -149,8 +161,8 @@ def test_classification_against_embedded_class_descriptions(tmp_path):
     labels = test.labels
     first_of_class = np.array([np.flatnonzero(labels == c)[0] for c in range(10)])
     np.save(tmp_path / "descriptions.npy", test.arrays["pix"][first_of_class])
-    config.eval.class_descriptions = str(tmp_path / "descriptions.npy")
-    config.eval.class_description_modality = "pix"
+    config.eval.classification.descriptions = str(tmp_path / "descriptions.npy")
+    config.eval.classification.description_modality = "pix"
     result = Classification().run(context)["by_description"]
 
     model = trainer.model(state)
@@ -162,10 +174,10 @@ def test_classification_against_embedded_class_descriptions(tmp_path):
         expected = np.mean(np.argmax(embeddings[:, m] @ prototypes.T, axis=1) == labels)
         assert result[name]["top-1"] == pytest.approx(expected, abs=1.5 / len(labels)), name
 
-    config.eval.class_descriptions = str(tmp_path / "missing.npy")
-    with pytest.raises(FileNotFoundError, match="config.eval.class_descriptions"):
+    config.eval.classification.descriptions = str(tmp_path / "missing.npy")
+    with pytest.raises(FileNotFoundError, match="config.eval.classification.descriptions"):
         Classification().run(context)
     np.save(tmp_path / "short.npy", test.arrays["pix"][:3])
-    config.eval.class_descriptions = str(tmp_path / "short.npy")
+    config.eval.classification.descriptions = str(tmp_path / "short.npy")
     with pytest.raises(ValueError, match=r"holds \(3, 240\); expected one 'pix' input per class"):
         Classification().run(context)

@@ -71,7 +71,7 @@ def test_a_named_anchor_and_modalities(views, tmp_path):
     config.loss.anchor, config.num_steps = "c", 3
     trainer, _ = train.train(config, str(tmp_path))
     assert trainer.config.data.modalities == VIEWS and trainer.config.loss.anchor == "c"
-    assert trainer.config.eval.set_queries == ("c->a", "c->a+b", "a+b->c")
+    assert trainer.config.eval.retrieval.set_queries == ("c->a", "c->a+b", "a+b->c")
 
 
 @pytest.mark.parametrize("name", METHODS)

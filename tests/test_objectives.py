@@ -14,10 +14,12 @@ from pmrl_jax.resolve import resolve
 UCI_SHAPES = {"fac": (216,), "fou": (76,), "kar": (64,), "mor": (6,), "pix": (240,), "zer": (47,)}
 
 
-def _resolved(name, **loss):
+def _resolved(name, pmrl=None, **loss):
     config = load_config(name)
     for key, value in loss.items():
         config.loss[key] = value
+    for key, value in (pmrl or {}).items():
+        config.loss.pmrl[key] = value
     return resolve(config, lambda c: UCI_SHAPES)[0]
 
 
@@ -35,7 +37,7 @@ def test_device_scope_repels_within_each_devices_rows_of_the_sharded_batch():
     """As the paper's code: each device's batch alone, the alignment term unchanged."""
     mesh = sharding.make_mesh()
     z = jax.random.normal(jax.random.key(1), (32, 3, 8))
-    device = objective_fn("pmrl", _resolved("pmrl", regularization_scope="device"), mesh.size)
+    device = objective_fn("pmrl", _resolved("pmrl", pmrl=dict(regularization_scope="device")), mesh.size)
     with jax.set_mesh(mesh):
         value = jax.jit(lambda z, t: device(z, t)[0], in_shardings=(sharding.batch_sharding(mesh), None))(
             jax.device_put(z, sharding.batch_sharding(mesh)), 0.07)
@@ -51,8 +53,8 @@ def test_device_scope_repels_within_each_devices_rows_of_the_sharded_batch():
 @pytest.mark.parametrize("name", [n for n in OBJECTIVES if n not in ("infonce", "triangle")])
 def test_each_objective_calls_its_library_function_with_the_config(name):
     """Non-default anchor, smoothing and PMRL temperatures reach the loss."""
-    config = _resolved(name, anchor="kar", label_smoothing=0.2, alignment_temperature=0.03,
-                       regularization_temperature=0.2, regularization_weight=0.5)
+    config = _resolved(name, anchor="kar", label_smoothing=0.2, pmrl=dict(
+        alignment_temperature=0.03, regularization_temperature=0.2, regularization_weight=0.5))
     z = jax.random.normal(jax.random.key(2), (16, 6, 8))
     anchor = list(config.data.modalities).index("kar")
     others = z[:, [m for m in range(6) if m != anchor]]

@@ -46,15 +46,18 @@ def _tensorboard_scalars(directory):
 def _smoke(name, **overrides):
     config = load_config(name)
     config.log_every = 1
-    for key, value in overrides.items():
-        section, _, field = key.rpartition("__")
-        (config[section] if section else config)[field] = value
+    for key, value in overrides.items():  # eval__rerank__top_k=10: config.eval.rerank.top_k = 10
+        *sections, field = key.split("__")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[field] = value
     return config
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
-    trainer, state = train.train(_smoke(name, eval__rerank_top_k=10), str(tmp_path))
+    trainer, state = train.train(_smoke(name, eval__rerank__top_k=10), str(tmp_path))
     config = trainer.config
     state, selection = train.selected_state(trainer, str(tmp_path))
     results = evaluation.evaluate(trainer, state, str(tmp_path), selection)
@@ -91,7 +94,7 @@ def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", plot
     expected = {"retrieval", "classification", "robustness"} | ({"rerank"} if name in ("gram", "pmrl") else set())
     assert set(results["evals"]) == expected
-    assert results["evals"]["robustness"]["levels"] == list(config.eval.noise_levels)
+    assert results["evals"]["robustness"]["levels"] == list(config.eval.robustness.noise_levels)
     if name == "gram":
         _check_set_queries_rerank_and_eval_only_run(config, tmp_path, results)
 
@@ -99,10 +102,10 @@ def test_smoke_run_trains_evaluates_and_writes_the_workdir(name, tmp_path):
 def _check_set_queries_rerank_and_eval_only_run(config, workdir, results):
     evals = results["evals"]
     tables = evals["retrieval"]["set_queries"]
-    assert list(tables) == list(config.eval.set_similarities)
-    assert all(list(table) == list(config.eval.set_queries) for table in tables.values())
+    assert list(tables) == list(config.eval.retrieval.set_similarities)
+    assert all(list(table) == list(config.eval.retrieval.set_queries) for table in tables.values())
     directions = [d for d, value in evals["rerank"].items() if isinstance(value, dict)]
-    assert directions == [config.eval.set_queries[-2], config.eval.set_queries[-1]]  # anchor->rest and back
+    assert directions == [config.eval.retrieval.set_queries[-2], config.eval.retrieval.set_queries[-1]]  # anchor->rest and back
     for direction in directions:
         rerank = evals["rerank"][direction]
         # The plain row is the set query's own retrieval (the same measure, volume, here);
@@ -129,7 +132,7 @@ def test_resume_after_a_stop_continues_the_same_loss_curve(tmp_path):
 
 @pytest.mark.parametrize("name", ["clip", "gram"])
 def test_one_and_eight_devices_give_the_same_loss_curve(name, tmp_path):
-    config = _smoke(name)
+    config = _smoke(name, eval__every=0)  # the loss curves only
     one = train.train(config, str(tmp_path / "one"), mesh=sharding.make_mesh(devices=jax.devices()[:1]))[0]
     eight = train.train(config, str(tmp_path / "eight"), mesh=sharding.make_mesh(data=4, fsdp=2))[0]
     assert one.mesh.size == 1 and eight.mesh.size == 8

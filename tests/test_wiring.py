@@ -42,8 +42,9 @@ def _trainer(name, **fields):
 def test_the_steps_contrastive_loss_is_the_librarys_on_the_models_embeddings(name):
     """Non-default anchor, temperature, smoothing and PMRL settings, on the step's own batch."""
     trainer, source = _trainer(name, **{"loss.anchor": "kar", "model.temperature.initial": 0.2,
-                                        "loss.label_smoothing": 0.3, "loss.alignment_temperature": 0.02,
-                                        "loss.regularization_temperature": 0.3, "loss.regularization_weight": 0.4})
+                                        "loss.label_smoothing": 0.3, "loss.pmrl.alignment_temperature": 0.02,
+                                        "loss.pmrl.regularization_temperature": 0.3,
+                                        "loss.pmrl.regularization_weight": 0.4})
     config = trainer.config
     state = trainer.init_state()
     batch = trainer.global_batch(next(train.training_iterator(config, source, trainer.statistics)))
@@ -162,7 +163,7 @@ def test_a_head_that_knows_the_answer_reranks_to_r_at_1(tmp_path, monkeypatch):
     from pmrl_jax.evaluation import rerank
 
     config = load_config("gram")
-    config.eval.rerank_top_k = 10
+    config.eval.rerank.top_k = 10
     trainer, state = train.train(config, str(tmp_path))
     monkeypatch.setattr(rerank, "matching_scorer", lambda context: (
         lambda anchor_tokens, data_tokens, anchor_rows, data_rows: (anchor_rows == data_rows).astype(np.float32)))
@@ -178,7 +179,7 @@ def test_the_evaluators_on_inputs_whose_answer_is_known(tmp_path):
     config = load_config("clip")
     config.data.name, config.data.options.directory, config.num_steps = "features", str(tmp_path / "data"), 1
     config.optimizer.learning_rate = 1e-12
-    config.eval.noise_levels = (0.0, 1.0, 4.0)
+    config.eval.robustness.noise_levels = (0.0, 1.0, 4.0)
     trainer, state = train.train(config, str(tmp_path / "run"))
     results = evaluation.evaluate(trainer, state)
     table, frozen = results["evals"]["retrieval"]["any_to_any"], results["evals"]["retrieval"]["frozen"]["any_to_any"]

@@ -7,8 +7,10 @@
     robustness      any-to-any retrieval under input noise
 
 An evaluator is a class with a `name`, `run(context) -> dict` (JSON-ready) and
-`summary(result) -> str`, in a module of its own. Adding one: write the class, then add
-it to `EVALUATORS`. Scores are ranked blockwise over the devices (`ranking`): no N x N
+`summary(result) -> str`, in a module of its own; its options are the config section
+`config.eval.<name>`, which its optional `check(config)` validates before anything runs.
+Adding one: write the class, then add it to `EVALUATORS` (and its section to the base
+config). Scores are ranked blockwise over the devices (`ranking`): no N x N
 matrix is built.
 """
 
@@ -26,7 +28,7 @@ from pmrl_jax.configs import ConfigError
 from pmrl_jax.evaluation.classification import Classification
 from pmrl_jax.evaluation.context import EvalContext, Embedded, embed_split
 from pmrl_jax.evaluation.rerank import Rerank
-from pmrl_jax.evaluation.retrieval import Retrieval, parse_set_query
+from pmrl_jax.evaluation.retrieval import Retrieval
 from pmrl_jax.evaluation.robustness import Robustness
 from pmrl_jax.workdir import write_atomically
 
@@ -43,11 +45,12 @@ def check_evals(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.evals names {unknown}; known evaluators: {', '.join(EVALUATORS)}")
     if "rerank" in config.evals and not config.model.matching.enabled:
         raise ConfigError("config.evals has 'rerank', which needs the matching head (config.model.matching.enabled)")
-    for text in config.eval.set_queries or ():
-        parse_set_query(text, list(config.data.modalities))
-    if config.eval.rerank_top_k < 1 or config.eval.tile < 1:
-        raise ConfigError(f"config.eval.rerank_top_k={config.eval.rerank_top_k} and config.eval.tile="
+    if config.eval.rerank.top_k < 1 or config.eval.tile < 1:
+        raise ConfigError(f"config.eval.rerank.top_k={config.eval.rerank.top_k} and config.eval.tile="
                           f"{config.eval.tile} must be >= 1")
+    for evaluator in EVALUATORS.values():  # every section, named or not: a bad one fails now, not later
+        if hasattr(evaluator, "check"):
+            evaluator.check(config)
 
 
 def run_evaluators(context: EvalContext) -> dict:

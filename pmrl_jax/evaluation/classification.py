@@ -1,5 +1,5 @@
 """Zero-shot classification by class prototypes: the mean training embedding of each
-class, per modality, and (`config.eval.class_descriptions`) one embedded input per class
+class, per modality, and (`config.eval.classification.descriptions`) one embedded input per class
 (e.g. the token ids of "a photo of a <class>"); top-1 / top-5 accuracy."""
 
 from __future__ import annotations
@@ -17,6 +17,13 @@ from pmrl_jax.evaluation.metrics import mean_row, top_k_accuracy
 class Classification:
     name = "classification"
 
+    @staticmethod
+    def check(config) -> None:
+        section = config.eval.classification
+        if section.descriptions and section.description_modality not in config.data.modalities:
+            raise ConfigError(f"config.eval.classification.description_modality={section.description_modality!r} "
+                              f"is not one of {list(config.data.modalities)}")
+
     def run(self, context: EvalContext) -> dict:
         train, test = context.embedded("train"), context.embedded()
         if train.labels is None or test.labels is None:
@@ -29,24 +36,23 @@ class Classification:
             scores = test.embeddings[:, m] @ prototypes.T
             result["per_modality"][name] = top_k_accuracy(scores, np.searchsorted(classes, test.labels), classes)
         result["per_modality"]["mean"] = mean_row(result["per_modality"])
-        if context.config.eval.class_descriptions:
+        if context.config.eval.classification.descriptions:
             result["by_description"] = self.by_description(context, test, classes)
         return result
 
     def by_description(self, context: EvalContext, test: Embedded, classes: np.ndarray) -> dict:
         """Zero-shot with one embedded input per class of
-        `config.eval.class_description_modality` as the prototypes that every modality's
+        `config.eval.classification.description_modality` as the prototypes that every modality's
         test embeddings are matched against."""
         config, modalities = context.config, context.modalities
-        modality, path = config.eval.class_description_modality, config.eval.class_descriptions
-        if modality not in modalities:
-            raise ConfigError(f"config.eval.class_description_modality={modality!r} is not one of {modalities}")
+        modality, path = config.eval.classification.description_modality, config.eval.classification.descriptions
+        self.check(config)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"config.eval.class_descriptions={path!r}: no such file")
+            raise FileNotFoundError(f"config.eval.classification.descriptions={path!r}: no such file")
         inputs = np.load(path)
         template = read_batch(context.source(), np.zeros(1, np.int64))
         if inputs.shape != (len(classes),) + template[modality].shape[1:]:
-            raise ConfigError(f"config.eval.class_descriptions={path!r} holds {inputs.shape}; expected one "
+            raise ConfigError(f"config.eval.classification.descriptions={path!r} holds {inputs.shape}; expected one "
                               f"{modality!r} input per class: {(len(classes),) + template[modality].shape[1:]}")
         arrays = {m: np.zeros((len(classes),) + template[m].shape[1:], template[m].dtype) for m in modalities}
         arrays[modality] = inputs.astype(template[modality].dtype)

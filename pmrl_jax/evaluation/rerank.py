@@ -1,4 +1,4 @@
-"""Re-ranking with the matching head: the top-K candidates (`config.eval.rerank_top_k`)
+"""Re-ranking with the matching head: the top-K candidates (`config.eval.rerank.top_k`)
 of the anchor -> others and others -> anchor set queries, ranked by the training measure
 (`config.loss.similarity`), re-scored by the head (GRAM's DAM / PMRL's IM at test time)."""
 
@@ -82,7 +82,7 @@ class Rerank:
         z, tokens = embedded.embeddings, embedded.tokens
         anchor_tokens = tokens[modalities[anchor]]
         other_tokens = np.concatenate([tokens[modalities[m]] for m in others], axis=1)
-        top_k = min(config.eval.rerank_top_k, len(z))
+        top_k = min(config.eval.rerank.top_k, len(z))
         head = matching_scorer(context)
         name_others = "+".join(modalities[m] for m in others)
         result = {"top_k": top_k, "similarity": config.loss.similarity}

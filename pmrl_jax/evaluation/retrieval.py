@@ -1,7 +1,8 @@
 """Retrieval: any-to-any R@1/5/10, MedR and MnR for every ordered pair of modalities
 (`config.eval.similarity`), and set queries such as "pix->fac+kar", a query against the
-set of the other modalities, as in GRAM's and PMRL's retrieval (`config.eval.set_queries`),
-each scored by every measure of `config.eval.set_similarities`.
+set of the other modalities, as in GRAM's and PMRL's retrieval
+(`config.eval.retrieval.set_queries`), each scored by every measure of
+`config.eval.retrieval.set_similarities`.
 
 Where every modality's inputs are feature vectors of one width (embeddings from
 pretrained encoders), the same tables are computed on the inputs themselves (`frozen`):
@@ -29,7 +30,7 @@ def parse_set_query(text: str, modalities: Sequence[str]) -> tuple[list[str], li
     sides = [side.split("+") for side in (query, candidate)]
     unknown = [m for side in sides for m in side if m not in modalities]
     if not arrow or unknown or not all(sides[0]) or not all(sides[1]) or set(sides[0]) & set(sides[1]):
-        raise ConfigError(f"config.eval.set_queries entry {text!r}: expected 'a+b->c+d' over the disjoint modalities "
+        raise ConfigError(f"config.eval.retrieval.set_queries entry {text!r}: expected 'a+b->c+d' over the disjoint modalities "
                           f"of {list(modalities)}{f'; unknown {unknown}' if unknown else ''}")
     return sides[0], sides[1]
 
@@ -53,6 +54,16 @@ def set_queries(rank: Ranker, z: np.ndarray, modalities: Sequence[str], queries:
     return table
 
 
+def positive_cosines(z: np.ndarray, modalities: Sequence[str]) -> dict:
+    """{"a-b": the mean over instances of cos(z_a, z_b)} for every unordered pair of `z`'s
+    [N, k, d] modalities: how close each instance's own views are. A volume can be small
+    with views pointing opposite ways (a line is flat whatever its directions), which a
+    cosine, and this mean, punishes."""
+    unit = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    return {f"{modalities[a]}-{modalities[b]}": float(np.mean(np.sum(unit[:, a] * unit[:, b], axis=-1)))
+            for a, b in itertools.combinations(range(len(modalities)), 2)}
+
+
 def frozen_inputs(context: EvalContext) -> tuple[np.ndarray | None, str]:
     """(the eval split's inputs as unit rows [N, k, D], "") when every modality is a float
     feature vector of one width D; else (None, why not)."""
@@ -70,14 +81,21 @@ def frozen_inputs(context: EvalContext) -> tuple[np.ndarray | None, str]:
 class Retrieval:
     name = "retrieval"
 
+    @staticmethod
+    def check(config) -> None:
+        for text in config.eval.retrieval.set_queries or ():
+            parse_set_query(text, list(config.data.modalities))
+
     def run(self, context: EvalContext) -> dict:
         config, modalities = context.config, context.modalities
         z = context.embedded().embeddings
-        measures = tuple(config.eval.set_similarities)
+        section = config.eval.retrieval
+        measures = tuple(section.set_similarities)
         result = {"similarity": config.eval.similarity,
                   "any_to_any": any_to_any(context.ranks, z, modalities, config.eval.similarity),
+                  "positive_cosine": positive_cosines(z, modalities),
                   "set_similarities": list(measures),
-                  "set_queries": {m: set_queries(context.ranks, z, modalities, config.eval.set_queries, m)
+                  "set_queries": {m: set_queries(context.ranks, z, modalities, section.set_queries, m)
                                   for m in measures}}
         frozen, why = frozen_inputs(context)
         if frozen is None:
@@ -85,7 +103,8 @@ class Retrieval:
         else:
             result["frozen"] = {
                 "any_to_any": any_to_any(context.ranks, frozen, modalities, config.eval.similarity),
-                "set_queries": {m: set_queries(context.ranks, frozen, modalities, config.eval.set_queries, m)
+                "positive_cosine": positive_cosines(frozen, modalities),
+                "set_queries": {m: set_queries(context.ranks, frozen, modalities, section.set_queries, m)
                                 for m in measures}}
         return result
 
@@ -96,6 +115,10 @@ class Retrieval:
             before, after = frozen["any_to_any"]["mean"]["R@1"], result["any_to_any"]["mean"]["R@1"]
             text += "\n\n" + format_table(frozen["any_to_any"], "the same on the inputs themselves (frozen)")
             text += f"\nmean R@1: {before:.3f} frozen -> {after:.3f} trained ({after - before:+.3f})"
+        cosines = result["positive_cosine"]
+        weakest = min(cosines, key=cosines.get)
+        text += (f"\nmean cosine of an instance's own views: {np.mean(list(cosines.values())):.3f} over the pairs, "
+                 f"lowest {cosines[weakest]:.3f} ({weakest})")
         if any(result["set_queries"].values()):
             text += "\n\n" + recall_by_measure(result["set_queries"], "set queries: R@1 by measure")
             if "set_queries" in frozen:

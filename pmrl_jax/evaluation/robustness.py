@@ -1,10 +1,11 @@
 """Robustness: mean any-to-any R@1/5/10 with Gaussian noise of each level in
-`config.eval.noise_levels` added to every feature-vector input, the level a multiple of
+`config.eval.robustness.noise_levels` added to every feature-vector input, the level a multiple of
 each feature's standard deviation on the train split (PMRL's noise study)."""
 
 from __future__ import annotations
 
 
+from pmrl_jax.configs import ConfigError
 from pmrl_jax.evaluation.context import EvalContext
 from pmrl_jax.evaluation.retrieval import any_to_any
 
@@ -14,9 +15,15 @@ RECALLS = ("R@1", "R@5", "R@10")
 class Robustness:
     name = "robustness"
 
+    @staticmethod
+    def check(config) -> None:
+        levels = config.eval.robustness.noise_levels
+        if any(level < 0 for level in levels):
+            raise ConfigError(f"config.eval.robustness.noise_levels={tuple(levels)}: expected levels >= 0")
+
     def run(self, context: EvalContext) -> dict:
         config = context.config
-        curve = {"levels": [float(x) for x in config.eval.noise_levels], "similarity": config.eval.similarity,
+        curve = {"levels": [float(x) for x in config.eval.robustness.noise_levels], "similarity": config.eval.similarity,
                  **{key: [] for key in RECALLS}}
         for level in curve["levels"]:
             z = context.embedded(noise=level).embeddings
