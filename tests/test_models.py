@@ -180,8 +180,8 @@ def test_the_per_instance_matching_head_equals_the_pairwise_formulation(depth, a
     np.testing.assert_allclose(head(anchor, data), matching_oracle.head_logits(head, anchor, data), rtol=1e-5,
                                atol=1e-6)
 
-    def loss_and_grads(fn):
-        return nnx.value_and_grad(lambda h: fn(h, anchor, data, scores, keys[3], 0.07))(head)
+    def loss_and_grads(fn):  # compiled: eager, the head's many small ops take several times longer
+        return nnx.jit(nnx.value_and_grad(lambda h: fn(h, anchor, data, scores, keys[3], 0.07)))(head)
 
     (new, new_grads), (old, old_grads) = loss_and_grads(matching_loss), loss_and_grads(matching_oracle.matching_loss)
     np.testing.assert_allclose(new, old, rtol=1e-6)
