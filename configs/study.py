@@ -8,7 +8,9 @@ smoke configs.
 `:from_scratch` asks why GRAM and PMRL trained from scratch do worse than after an
 InfoNCE warm start: each with warm-start steps 0, 50 and 200 (the method configs use
 1400, the main study's rows), k = 3 against k = 6, fixed temperatures, and for GRAM the
-`-log V` logits, on the embedded data; two seeds, retrieval only."""
+`-log V` logits and pairwise retrieval scored by the volume, and model selection by the
+anchor-against-the-rest query instead of pairwise retrieval, on the embedded data; two
+seeds, retrieval only."""
 
 import os
 
@@ -34,6 +36,16 @@ def from_scratch_variants() -> ConfigDict:
             variants[f"{method}_warm0_tau{tau * 100:03.0f}"] = _variant(method, warm_start=dict(steps=0), **fixed)
     variants["gram_warm0_log_volume"] = _variant("gram", warm_start=dict(steps=0),
                                                  loss=dict(gram=dict(volume_logits="log_volume")))
+    # Model selection by the set query, each method's own measure, rather than by pairwise
+    # cosine (which keeps choosing the warm start's last InfoNCE step).
+    everything_but_the_anchor = "pix->fac+kar+fou+zer+mor"
+    for method, measure in (("gram", "volume"), ("pmrl", "sigma1")):
+        variants[f"{method}_warm200_select_{measure}"] = _variant(
+            method, warm_start=dict(steps=200), eval=dict(select_query=everything_but_the_anchor,
+                                                          select_similarity=measure))
+    # Pairwise retrieval and model selection by the volume (of two unit vectors: |sin|,
+    # blind to a view's sign as GRAM's loss is) rather than by the cosine.
+    variants["gram_warm0_by_volume"] = _variant("gram", warm_start=dict(steps=0), eval=dict(similarity="volume"))
     return variants
 
 

@@ -89,6 +89,13 @@ def _check_losses(config: ml_collections.ConfigDict) -> None:
     for field in ("alignment_temperature", "regularization_temperature"):
         if config.loss.pmrl[field] <= 0:
             raise ConfigError(f"config.loss.pmrl.{field} must be > 0; got {config.loss.pmrl[field]}")
+    if config.eval.select_query:
+        from pmrl_jax.evaluation.retrieval import parse_set_query
+
+        parse_set_query(config.eval.select_query, list(config.data.modalities), "config.eval.select_query")
+    if config.eval.select_similarity is not None and config.eval.select_similarity not in L.similarity_names():
+        raise ConfigError(f"config.eval.select_similarity={config.eval.select_similarity!r}; known: "
+                          f"{', '.join(L.similarity_names())}")
     for field in ("loss.similarity", "eval.similarity"):
         value = functools.reduce(getattr, field.split("."), config)
         if value not in L.similarity_names():

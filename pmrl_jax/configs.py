@@ -137,6 +137,10 @@ def get_base_config() -> ConfigDict:
     # checkpoint and the final evaluation uses it. 0 turns it off (the last step is used).
     config.eval.every = 100
     config.eval.patience = 0                       # stop after this many evaluations without a better one; 0: never
+    # What selection scores: "" for the mean any-to-any R@1 above, or the R@1 of one set
+    # query (e.g. "pix->fac+kar+fou+zer+mor") by `select_similarity` (None: eval.similarity).
+    config.eval.select_query = ""
+    config.eval.select_similarity = config_dict.placeholder(str)
     # The measure of any-to-any retrieval, of model selection and of Run.search
     # (pmrl_jax.losses registry).
     config.eval.similarity = "cosine"

@@ -2,7 +2,8 @@
 
 Every `config.eval.every` steps of the final loss's stage (and at its first step: the
 initial model, or the model the warm start left), the mean any-to-any R@1 on
-`config.data.validation_split` scores the model. The best step is kept as a checkpoint
+`config.data.validation_split` scores the model, or with `config.eval.select_query` the
+R@1 of that set query (by `config.eval.select_similarity`). The best step is kept as a checkpoint
 (`pmrl_jax.checkpoints` keeps it past the newest ones), the final evaluation uses it,
 and with `config.eval.patience` the run stops after that many evaluations without a
 better score. The record travels in every checkpoint, so a resumed run selects exactly
@@ -18,7 +19,7 @@ from __future__ import annotations
 import ml_collections
 
 from pmrl_jax.evaluation.context import EvalContext
-from pmrl_jax.evaluation.retrieval import any_to_any
+from pmrl_jax.evaluation.retrieval import any_to_any, set_queries
 
 METRIC = "mean_R@1"
 
@@ -44,10 +45,15 @@ def due(config: ml_collections.ConfigDict, step: int) -> bool:
 
 
 def validation_score(config: ml_collections.ConfigDict, trainer, state, source) -> float:
-    """Mean any-to-any R@1 on `source` by `config.eval.similarity`."""
+    """Mean any-to-any R@1 on `source` by `config.eval.similarity`, or the R@1 of the set
+    query `config.eval.select_query` by `config.eval.select_similarity`."""
     split = config.data.validation_split
     context = EvalContext(config, trainer, state, {split: source})
     z = context.embedded(split).embeddings
+    query = config.eval.select_query
+    if query:
+        measure = config.eval.select_similarity or config.eval.similarity
+        return set_queries(context.ranks, z, context.modalities, [query], measure)[query]["R@1"]
     return any_to_any(context.ranks, z, context.modalities, config.eval.similarity)["mean"]["R@1"]
 
 

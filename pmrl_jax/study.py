@@ -199,8 +199,8 @@ def tables(runs: dict[str, list[dict]], measures) -> list[tuple[str, str]]:
     against the set of the others and back by each measure, and the anchor against
     growing subsets of the others."""
     names = {name for method_runs in runs.values() for run in method_runs for name in run["figures"]}
-    groups = [("Pairwise retrieval (cosine), and the step model selection chose", ["pairwise R@1", "chosen step"],
-               True),
+    groups = [("Pairwise retrieval by config.eval.similarity (cosine unless a row's name says otherwise), and the "
+               "step model selection chose", ["pairwise R@1", "chosen step"], True),
               ("How close each instance's own views are: the mean over the test instances of the cosine "
                "between two of its modalities, averaged over the pairs and for the lowest pair",
                [c for c in ("own views' cosine (mean)", "own views' cosine (lowest pair)") if c in names], False)]

@@ -99,6 +99,8 @@ def _field(config, path):
     ("eval.retrieval.set_similarities", ("cosine", "cos"), "config.eval.retrieval.set_similarities names ['cos']"),
     ("eval.robustness.noise_levels", (0.0, -1.0), "config.eval.robustness.noise_levels=(0.0, -1.0)"),
     ("eval.rerank.top_k", 0, "config.eval.rerank.top_k=0"),
+    ("eval.select_query", "pix->pix", "config.eval.select_query 'pix->pix'"),
+    ("eval.select_similarity", "dot", "config.eval.select_similarity='dot'"),
     ("loss.gram.volume_logits", "log", "config.loss.gram.volume_logits='log'"),
     ("model.dtype", "float16", "config.model.dtype='float16'"),
     ("nonfinite", "ignore", "config.nonfinite='ignore'"),

@@ -48,7 +48,7 @@ def test_k3_unit_closed_form():
     np.testing.assert_allclose(L.gram_volume(rows.astype(np.float32)), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])  # k >= 4: the eigen-decomposition path
 def test_volume_is_product_of_singular_values(k):
     rows = np.random.default_rng(k).normal(size=(32, k, 12))
     expected = np.prod(np.linalg.svd(rows, compute_uv=False), axis=-1)
@@ -139,7 +139,7 @@ def test_eigen_adjugate_and_its_derivative_match_the_cofactor_form():
 # ---- volume_matrix -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("k", [2, 3, 4, 5])  # k = 5: the candidates' 4 x 4 Gram by eigen-decomposition
 def test_volume_matrix_matches_stacked_determinants(k):
     rng = np.random.default_rng(k)
     anchor = rng.normal(size=(12, 16)).astype(np.float32)
@@ -209,7 +209,7 @@ def test_functions_of_rows_need_at_least_one_row():
             fn(empty)
 
 
-@pytest.mark.parametrize("k", [2, 3, 4, 8])
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
 def test_gram_volume_gradient_matches_naive_and_finite_differences(k):
     with jax.enable_x64(True):
         x = np.random.default_rng(k).normal(size=(5, k, 10))

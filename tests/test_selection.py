@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs_util import load_config
-from features_data import write_views
+from features_data import frozen_mean_r1, write_views
 from pmrl_jax import evaluation, selection, train
 
 
@@ -80,3 +80,27 @@ def test_a_resumed_run_selects_as_an_uninterrupted_one(tmp_path, stop_at):
     assert straight[1]["history"] == resumed[1]["history"] and straight[1]["step"] == resumed[1]["step"]
     for a, b in zip(jax.tree.leaves(straight[0]), jax.tree.leaves(resumed[0]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_selection_by_a_set_query_scores_that_query_on_the_validation_split(tmp_path):
+    """With `config.eval.select_query`, the score is that set query's R@1 by
+    `select_similarity`: at step 0 (the identity adapters) the inputs' own R@1, here
+    recomputed in numpy (mean cosine, ties against the model)."""
+    from pmrl_jax.resolve import prepare
+
+    write_views(tmp_path / "data")
+    config = _config(eval__select_query="c->a+b", eval__select_similarity="mean_cosine")
+    config.data.name, config.data.options.directory = "features", str(tmp_path / "data")
+    prepared = prepare(config)
+    trainer, _ = train.train(config, str(tmp_path / "run"), stop_at=1)
+    score = selection.validation_score(trainer.config, trainer, trainer.init_state(),
+                                       train.validation_source(prepared.config))
+    x = {v: np.load(tmp_path / "data" / "validation" / f"{v}.npy").astype(np.float64) for v in "abc"}
+    scores = x["c"] @ ((x["a"] + x["b"]) / 2).T
+    expected = np.mean([np.sum(np.delete(row, i) >= row[i]) == 0 for i, row in enumerate(scores)])
+    assert score == pytest.approx(expected, abs=1e-6)
+    config = trainer.config.copy_and_resolve_references()
+    config.eval.select_query = ""  # the default: mean any-to-any R@1 by cosine
+    pairwise = selection.validation_score(config, trainer, trainer.init_state(), train.validation_source(config))
+    assert pairwise == pytest.approx(frozen_mean_r1(tmp_path / "data", "validation"), abs=1e-6)
+    assert abs(pairwise - score) > 1e-3

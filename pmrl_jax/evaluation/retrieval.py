@@ -24,13 +24,14 @@ from pmrl_jax.evaluation.metrics import format_table, mean_row, retrieval_metric
 Ranker = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 
 
-def parse_set_query(text: str, modalities: Sequence[str]) -> tuple[list[str], list[str]]:
-    """"pix->fac+kar" -> (["pix"], ["fac", "kar"])."""
+def parse_set_query(text: str, modalities: Sequence[str],
+                    field: str = "config.eval.retrieval.set_queries entry") -> tuple[list[str], list[str]]:
+    """"pix->fac+kar" -> (["pix"], ["fac", "kar"]); a ConfigError naming `field` if malformed."""
     query, arrow, candidate = text.partition("->")
     sides = [side.split("+") for side in (query, candidate)]
     unknown = [m for side in sides for m in side if m not in modalities]
     if not arrow or unknown or not all(sides[0]) or not all(sides[1]) or set(sides[0]) & set(sides[1]):
-        raise ConfigError(f"config.eval.retrieval.set_queries entry {text!r}: expected 'a+b->c+d' over the disjoint modalities "
+        raise ConfigError(f"{field} {text!r}: expected 'a+b->c+d' over the disjoint modalities "
                           f"of {list(modalities)}{f'; unknown {unknown}' if unknown else ''}")
     return sides[0], sides[1]
 
