@@ -168,11 +168,16 @@ def summarise(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def _header(name: str) -> str:
+    """"(cosine)" -> "cosine"; other names as they are."""
+    return name[1:-1] if name.startswith("(") and name.endswith(")") else name
+
+
 def table(runs: dict[str, list[dict]], columns: list[str], with_time: bool = False, prefix: str = "") -> str:
     """A markdown table: one row per method (the frozen inputs first where they have the
     figures), one column per figure (its name without `prefix`), mean ± std over the
     seeds. A method run on other modalities than the first method's says which."""
-    header = (["method"] + [c.removeprefix(prefix).strip("()") for c in columns]
+    header = (["method"] + [_header(c.removeprefix(prefix)) for c in columns]
               + (["train s"] if with_time else []))
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     reference = next(iter(runs.values()))[0]["config"]["modalities"]
@@ -290,6 +295,7 @@ def report(study, everything: dict, workdir: str) -> str:
              f"(cosine); 'anchor->rest' queries the anchor against the set of the other modalities "
              f"and 'rest->anchor' the reverse; 'train s' is the wall time of training, compilation "
              f"and validation included. Regenerate: `python -m pmrl_jax.study --config=configs/study.py"
+             f"{'' if study.report == 'results' else ':' + study.report}"
              f"{' --config.features_directory=DIR' if study.features_directory else ''}`."]
     for dataset, runs in everything.items():
         first = next(iter(runs.values()))[0]["config"]

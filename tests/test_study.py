@@ -32,6 +32,7 @@ def test_the_smoke_study_writes_its_tables_and_the_readme_section(tmp_path):
     text = (tmp_path / "study" / "results.md").read_text()
     assert "## views" in text and "## uci_multiple_features" not in text
     assert "| frozen inputs |" in text.split("## views")[1]  # the features dataset's inputs compare
+    assert "| anchor->rest R@1 (cosine) |" in text  # a measure's name keeps its parentheses
     rows = [line for line in text.splitlines() if line.startswith(("| clip |", "| gram |"))]
     assert rows and all(" ± " in line for line in rows)  # two seeds: mean ± std
     everything = json.loads((tmp_path / "study" / "results.json").read_text())
