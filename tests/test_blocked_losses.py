@@ -102,7 +102,9 @@ def test_blocked_gram_step_holds_a_fraction_of_the_unblocked_memory():
 
 
 def test_training_with_blocked_losses_follows_the_unblocked_curve(tmp_path):
-    """gram's smoke run (anchored InfoNCE, then GRAM with the matching head) on 8 devices."""
+    """gram's smoke run (GRAM with the matching head, no warm start) on 8 devices: the
+    blocked loss wired into the step. Each blocked loss's value and gradient against the
+    plain one: the tests above."""
     import json
 
     from configs_util import load_config
@@ -112,7 +114,7 @@ def test_training_with_blocked_losses_follows_the_unblocked_curve(tmp_path):
     for blocked_loss in (False, True):
         config = load_config("gram")
         config.log_every, config.loss.blocked = 1, blocked_loss
-        config.eval.every = 0  # the loss curves only
+        config.eval.every, config.warm_start.steps = 0, 0  # the loss curves only
         train.train(config, str(tmp_path / str(blocked_loss)))
         with open(tmp_path / str(blocked_loss) / "metrics.jsonl") as f:
             curves[blocked_loss] = [r["loss"] for r in map(json.loads, f) if "loss" in r]

@@ -87,7 +87,7 @@ def test_gradients_match_full_svd_and_finite_differences(k):
         check_grads(jax.jit(L.leading_direction), (x,), order=1, modes=["fwd", "rev"])
 
 
-@pytest.mark.parametrize("k", [3, 4, 8])
+@pytest.mark.parametrize("k", [3, 4, 6])
 def test_finite_gradients_with_repeated_singular_values(k):
     """At exact alignment sigma_2 = ... = sigma_k = 0 (repeated): autodiff of svd is NaN there."""
     line = unit(np.random.default_rng(0).normal(size=(3, 1, 16))).astype(np.float32)
