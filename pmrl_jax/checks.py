@@ -89,13 +89,6 @@ def _check_losses(config: ml_collections.ConfigDict) -> None:
     for field in ("alignment_temperature", "regularization_temperature"):
         if config.loss.pmrl[field] <= 0:
             raise ConfigError(f"config.loss.pmrl.{field} must be > 0; got {config.loss.pmrl[field]}")
-    if config.eval.select_query:
-        from pmrl_jax.evaluation.retrieval import parse_set_query
-
-        parse_set_query(config.eval.select_query, list(config.data.modalities), "config.eval.select_query")
-    if config.eval.select_similarity is not None and config.eval.select_similarity not in L.similarity_names():
-        raise ConfigError(f"config.eval.select_similarity={config.eval.select_similarity!r}; known: "
-                          f"{', '.join(L.similarity_names())}")
     for field in ("loss.similarity", "eval.similarity"):
         value = functools.reduce(getattr, field.split("."), config)
         if value not in L.similarity_names():
@@ -103,6 +96,16 @@ def _check_losses(config: ml_collections.ConfigDict) -> None:
     unknown = [m for m in config.eval.retrieval.set_similarities if m not in L.similarity_names()]
     if unknown:
         raise ConfigError(f"config.eval.retrieval.set_similarities names {unknown}; known: "
+                          f"{', '.join(L.similarity_names())}")
+
+
+def _check_selection(config: ml_collections.ConfigDict) -> None:
+    from pmrl_jax.evaluation.retrieval import parse_set_query
+
+    if config.eval.select_query:
+        parse_set_query(config.eval.select_query, list(config.data.modalities), "config.eval.select_query")
+    if config.eval.select_similarity is not None and config.eval.select_similarity not in L.similarity_names():
+        raise ConfigError(f"config.eval.select_similarity={config.eval.select_similarity!r}; known: "
                           f"{', '.join(L.similarity_names())}")
 
 
@@ -121,6 +124,7 @@ def validate(config: ml_collections.ConfigDict, example_shapes: Mapping[str, tup
     if config.model.dtype not in DTYPES:
         raise ConfigError(f"config.model.dtype={config.model.dtype!r}; known: {', '.join(DTYPES)}")
     check_evals(config)
+    _check_selection(config)
     if config.nonfinite not in ("stop", "skip"):
         raise ConfigError(f"config.nonfinite={config.nonfinite!r}; expected 'stop' or 'skip'")
     devices = jax.device_count() if num_devices is None else num_devices

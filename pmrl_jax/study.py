@@ -237,12 +237,17 @@ def robustness_curves(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return curves
 
 
+def command(study) -> str:
+    """The command that regenerates the study's report."""
+    return (f"python -m pmrl_jax.study --config=configs/study.py"
+            f"{'' if study.report == 'results' else ':' + study.report}"
+            f"{' --config.features_directory=DIR' if study.features_directory else ''}")
+
+
 def summary(study, everything: dict) -> str:
     """The README's results section: per dataset, pairwise retrieval and the anchor
     against the set of the others."""
-    parts = [f"Test split, mean ± standard deviation over {len(study.seeds)} seeds, from "
-             f"`python -m pmrl_jax.study --config=configs/study.py"
-             f"{' --config.features_directory=DIR' if study.features_directory else ''}` "
+    parts = [f"Test split, mean ± standard deviation over {len(study.seeds)} seeds, from `{command(study)}` "
              f"(every table and the robustness plots: [`docs/results.md`](docs/results.md)). Every method trains "
              f"its config's step budget and is evaluated at the step with the best mean validation R@1."]
     for dataset, runs in everything.items():
@@ -294,9 +299,7 @@ def report(study, everything: dict, workdir: str) -> str:
              f"evaluated at that step. 'pairwise' is the mean over every ordered pair of modalities "
              f"(cosine); 'anchor->rest' queries the anchor against the set of the other modalities "
              f"and 'rest->anchor' the reverse; 'train s' is the wall time of training, compilation "
-             f"and validation included. Regenerate: `python -m pmrl_jax.study --config=configs/study.py"
-             f"{'' if study.report == 'results' else ':' + study.report}"
-             f"{' --config.features_directory=DIR' if study.features_directory else ''}`."]
+             f"and validation included. Regenerate: `{command(study)}`."]
     for dataset, runs in everything.items():
         first = next(iter(runs.values()))[0]["config"]
         parts += ["", f"## {dataset}", "",

@@ -64,3 +64,21 @@ LOSSES = {
 def default_k(name):
     ks = LOSSES[name][2]
     return 3 if 3 in ks else ks[0]
+
+
+def objective_loss(name, z, anchor, temperature, label_smoothing, pmrl):
+    """What the training objective `name` must compute on embeddings `z` [B, k, d]: the
+    library loss called directly with the anchor's index, the temperature, the smoothing
+    and PMRL's options (`pmrl`: alignment_temperature, regularization_temperature,
+    regularization_weight)."""
+    others = z[:, [m for m in range(z.shape[1]) if m != anchor]]
+    return {
+        "clip": lambda: L.anchored_infonce_loss(z, temperature=temperature, anchor=anchor),
+        "all_pairs": lambda: L.all_pairs_infonce_loss(z, temperature=temperature),
+        "gram": lambda: L.gram_contrastive_loss(z[:, anchor], others, temperature=temperature,
+                                                label_smoothing=label_smoothing),
+        "pmrl": lambda: L.pmrl_loss(z, **pmrl),
+        "symile": lambda: L.symile_loss(z, temperature=temperature),
+        "triangle": lambda: L.triangle_contrastive_loss(z[:, anchor], others, temperature=temperature,
+                                                        label_smoothing=label_smoothing),
+    }[name]()

@@ -111,6 +111,15 @@ def test_bad_fields_are_named(field, value, message):
         checks.validate(config, UCI_SHAPES, num_devices=8)
 
 
+def test_an_evaluator_section_is_checked_even_when_the_evaluator_is_not_listed():
+    config = resolved("gram", **{"eval.classification.descriptions": "prompts.npy",
+                                 "eval.classification.description_modality": "audio"})
+    config.evals = ("retrieval",)
+    with pytest.raises(ConfigError, match=re.escape("config.eval.classification.description_modality='audio' is "
+                                                    "not one of")):
+        checks.validate(config, UCI_SHAPES, num_devices=8)
+
+
 @pytest.mark.parametrize("path", sorted(checks.FIELD_BOUNDS))
 def test_numeric_fields_out_of_range_are_named(path):
     lowest, excluded = checks.FIELD_BOUNDS[path]

@@ -16,8 +16,8 @@ from flax import nnx
 
 from configs_util import METHODS, load_config
 from features_data import write_views
+from loss_table import objective_loss
 from pmrl_jax import evaluation, train
-from pmrl_jax import losses as L
 from pmrl_jax.data.pipeline import feature_statistics
 from pmrl_jax.models import MatchingHead, matching_loss
 from pmrl_jax.optimizer import decay_mask, learning_rate_schedule, make_optimizer
@@ -49,17 +49,8 @@ def test_the_steps_contrastive_loss_is_the_librarys_on_the_models_embeddings(nam
     state = trainer.init_state()
     batch = trainer.global_batch(next(train.training_iterator(config, source, trainer.statistics)))
     z = np.asarray(trainer.model(state)(batch)[0])
-    anchor = list(config.data.modalities).index("kar")
-    others = z[:, [m for m in range(z.shape[1]) if m != anchor]]
-    expected = {
-        "clip": lambda: L.anchored_infonce_loss(z, temperature=0.2, anchor=anchor),
-        "all_pairs": lambda: L.all_pairs_infonce_loss(z, temperature=0.2),
-        "gram": lambda: L.gram_contrastive_loss(z[:, anchor], others, temperature=0.2, label_smoothing=0.3),
-        "pmrl": lambda: L.pmrl_loss(z, alignment_temperature=0.02, regularization_temperature=0.3,
-                                    regularization_weight=0.4),
-        "symile": lambda: L.symile_loss(z, temperature=0.2),
-        "triangle": lambda: L.triangle_contrastive_loss(z[:, anchor], others, temperature=0.2, label_smoothing=0.3),
-    }[name]()
+    expected = objective_loss(name, z, list(config.data.modalities).index("kar"), 0.2, 0.3, dict(
+        alignment_temperature=0.02, regularization_temperature=0.3, regularization_weight=0.4))
     with jax.set_mesh(trainer.mesh):
         _, metrics = trainer.step_fn(name)(state, batch, np.int32(1), jax.random.key(0))
     np.testing.assert_allclose(metrics["contrastive_loss"], expected, rtol=2e-5)

@@ -45,9 +45,8 @@ def check_evals(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.evals names {unknown}; known evaluators: {', '.join(EVALUATORS)}")
     if "rerank" in config.evals and not config.model.matching.enabled:
         raise ConfigError("config.evals has 'rerank', which needs the matching head (config.model.matching.enabled)")
-    if config.eval.rerank.top_k < 1 or config.eval.tile < 1:
-        raise ConfigError(f"config.eval.rerank.top_k={config.eval.rerank.top_k} and config.eval.tile="
-                          f"{config.eval.tile} must be >= 1")
+    if config.eval.tile < 1:
+        raise ConfigError(f"config.eval.tile={config.eval.tile} must be >= 1")
     for evaluator in EVALUATORS.values():  # every section, named or not: a bad one fails now, not later
         if hasattr(evaluator, "check"):
             evaluator.check(config)

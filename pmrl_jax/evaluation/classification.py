@@ -46,7 +46,6 @@ class Classification:
         test embeddings are matched against."""
         config, modalities = context.config, context.modalities
         modality, path = config.eval.classification.description_modality, config.eval.classification.descriptions
-        self.check(config)
         if not os.path.exists(path):
             raise FileNotFoundError(f"config.eval.classification.descriptions={path!r}: no such file")
         inputs = np.load(path)

@@ -72,6 +72,11 @@ def matching_scorer(context: EvalContext, chunk: int = 4096):
 class Rerank:
     name = "rerank"
 
+    @staticmethod
+    def check(config) -> None:
+        if config.eval.rerank.top_k < 1:
+            raise ConfigError(f"config.eval.rerank.top_k={config.eval.rerank.top_k} must be >= 1")
+
     def run(self, context: EvalContext) -> dict:
         config, modalities = context.config, context.modalities
         if not config.model.matching.enabled:
