@@ -78,6 +78,10 @@ def get_base_config() -> ConfigDict:
     # The default encoder of every modality (pmrl_jax.models.encoders). kind None: the
     # dataset's default (`adapter` for `features`, else `mlp`). For `adapter`, depth is
     # the number of hidden layers of its zero-initialised residual MLP (0: linear only).
+    # A raw-text modality takes a pretrained tower (pmrl_jax.models.pretrained):
+    #   encoders.<m> = {kind: "pretrained_text", path: <checkpoint directory>,
+    #                   trainable: True (False: locked, as in LiT), learning_rate_multiplier: 1.0,
+    #                   max_length: None (the checkpoint's limit)}
     config.model.encoder = ConfigDict(dict(kind=config_dict.placeholder(str), depth=1, dropout=0.0))
     config.model.encoders = ConfigDict()           # per-modality overrides: {modality: {kind, ...}}
     # Standardise each feature-vector modality inside the model with its train-split mean
@@ -216,3 +220,18 @@ def unknown_field(config: ConfigDict, path: str) -> str | None:
         node = node[name]
         parents.append(name)
     return None
+
+
+def encoder_options(config: ConfigDict) -> dict[str, dict]:
+    """{modality: the encoder's options}: `config.model.encoder`, updated by the
+    modality's entry in `config.model.encoders`."""
+    unknown = set(config.model.encoders) - set(config.data.modalities)
+    if unknown:
+        raise ConfigError(f"config.model.encoders names {sorted(unknown)}, which are not in config.data.modalities "
+                          f"{list(config.data.modalities)}")
+    options = {}
+    for name in config.data.modalities:
+        merged = config.model.encoder.to_dict()
+        merged.update(config.model.encoders[name].to_dict() if name in config.model.encoders else {})
+        options[name] = merged
+    return options

@@ -31,7 +31,7 @@ import functools
 import ml_collections
 import numpy as np
 
-from pmrl_jax.configs import ConfigError
+from pmrl_jax.configs import ConfigError, encoder_options
 from pmrl_jax.data import registry
 
 DEFAULT_EMBED_DIM = 128
@@ -164,10 +164,45 @@ def resolve(config: ml_collections.ConfigDict, shapes_of=None) -> tuple[ml_colle
     return config, choices
 
 
+@functools.lru_cache(maxsize=16)
+def _tokenizer(path: str, max_length: int | None):
+    from pmrl_jax.models.pretrained import load_tokenizer
+
+    return load_tokenizer(path, max_length=max_length)
+
+
+def text_tokenizers(config: ml_collections.ConfigDict) -> dict:
+    """{modality: its tokenizer} for the modalities whose encoder is `pretrained_text`."""
+    tokenizers = {}
+    for modality, options in encoder_options(config).items():
+        if options.get("kind") != "pretrained_text":
+            continue
+        field = f"config.model.encoders.{modality}"
+        if not options.get("path"):
+            raise ConfigError(f"{field}.path is not set: a pretrained_text encoder loads a checkpoint directory")
+        try:
+            tokenizers[modality] = _tokenizer(str(options["path"]), options.get("max_length"))
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"{field}: {error}") from None
+    return tokenizers
+
+
 def open_split(config: ml_collections.ConfigDict, split: str):
-    """Split `split` of the config's dataset with its (resolved) modalities."""
-    return registry.make_source(config.data.name, split, tuple(config.data.modalities),
-                                **config.data.options.to_dict())
+    """Split `split` of the config's dataset with its (resolved) modalities; raw-text
+    modalities come out as token ids of their encoder's tokenizer."""
+    source = registry.make_source(config.data.name, split, tuple(config.data.modalities),
+                                  **config.data.options.to_dict())
+    texts = tuple(getattr(source, "texts", {}))
+    tokenizers = text_tokenizers(config)
+    untokenized = [m for m in texts if m not in tokenizers]
+    if untokenized:
+        raise ConfigError(f"modality {untokenized[0]!r} is raw text: give it a text encoder, "
+                          f"config.model.encoders.{untokenized[0]} = {{kind: 'pretrained_text', path: ...}}")
+    if not texts:
+        return source
+    from pmrl_jax.data.text import TokenizedSource
+
+    return TokenizedSource(source, {m: tokenizers[m] for m in texts})
 
 
 def input_layout(source) -> dict[str, dict]:

@@ -26,27 +26,12 @@ from flax import nnx
 
 from pmrl_jax import losses as L
 from pmrl_jax import sharding
-from pmrl_jax.configs import ConfigError
+from pmrl_jax.configs import ConfigError, encoder_options
 from pmrl_jax.models import MultimodalModel, matching_loss
 from pmrl_jax.objectives import anchor_index, objective_fn, split_anchor
 from pmrl_jax.optimizer import make_optimizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def encoder_options(config: ml_collections.ConfigDict) -> dict[str, dict]:
-    """{modality: the encoder's options}: `config.model.encoder`, updated by the
-    modality's entry in `config.model.encoders`."""
-    unknown = set(config.model.encoders) - set(config.data.modalities)
-    if unknown:
-        raise ConfigError(f"config.model.encoders names {sorted(unknown)}, which are not in config.data.modalities "
-                          f"{list(config.data.modalities)}")
-    options = {}
-    for name in config.data.modalities:
-        merged = config.model.encoder.to_dict()
-        merged.update(config.model.encoders[name].to_dict() if name in config.model.encoders else {})
-        options[name] = merged
-    return options
 
 
 def model_statistics(config: ml_collections.ConfigDict, shapes: Mapping[str, tuple[int, ...]],
@@ -57,8 +42,9 @@ def model_statistics(config: ml_collections.ConfigDict, shapes: Mapping[str, tup
     if not config.model.standardize:
         return {}
     chosen = {}
+    kinds = {name: options["kind"] for name, options in encoder_options(config).items()}
     for name in config.data.modalities:
-        if len(shapes[name]) != 1:
+        if len(shapes[name]) != 1 or kinds[name] == "pretrained_text":  # token ids are not standardised
             continue
         if statistics is None or name not in statistics:
             chosen[name] = (np.zeros(shapes[name], np.float32), np.ones(shapes[name], np.float32))

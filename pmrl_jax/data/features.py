@@ -1,19 +1,29 @@
 """Bring-your-own features: `DIR/<split>/<modality>.npy` (float `[N, D_m]`, row i of every
 file the same instance) and an optional `DIR/<split>/label.npy` (integer `[N]`).
 
-Files are memory-mapped: opening a split reads headers only (and, unless disabled, scans
-the rows once for NaN/inf in chunks), and an example is read when it is asked for. The
-source follows grain's random-access protocol (`__len__`, `__getitem__`).
+A modality may also be raw text, one instance per line: `DIR/<split>/<modality>.txt`
+(UTF-8, one line each, so a text holds no newline) or `DIR/<split>/<modality>.jsonl` (one
+JSON string per line, so a text may hold any character). Its rows are Python strings;
+the training job turns them into token ids in the input pipeline (`pmrl_jax.data.text`).
+A `.jsonl` file whose first line is not a JSON string (a table of records, such as the
+raw texts kept beside some datasets) is not a modality.
+
+Feature files are memory-mapped: opening a split reads headers only (and, unless
+disabled, scans the rows once for NaN/inf in chunks), and an example is read when it is
+asked for; text files are read whole. The source follows grain's random-access protocol
+(`__len__`, `__getitem__`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 LABEL_FILE = "label.npy"
+TEXT_SUFFIXES = (".txt", ".jsonl")
 _SCAN_ROWS = 65536
 
 
@@ -21,21 +31,79 @@ class FeaturesError(ValueError):
     """Bad or missing feature files; the message names the file, modality and row."""
 
 
+def _is_text_view(path: str) -> bool:
+    if path.endswith(".txt"):
+        return True
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        return isinstance(json.loads(first), str)
+    except ValueError:
+        return False
+
+
 def modalities_in(directory: str | os.PathLike, split: str = "train") -> tuple[str, ...]:
     """The modalities of a features directory: the stem of every `.npy` file of its
-    `split` folder but `label.npy`, sorted by name; each must hold a float [N, D] array
-    (its header is read, not its rows)."""
+    `split` folder but `label.npy`, and of every text view (`.txt`, or `.jsonl` of
+    strings), sorted by name; each `.npy` must hold a float [N, D] array (its header is
+    read, not its rows)."""
     split_dir = os.path.join(os.fspath(directory), split)
     if not os.path.isdir(split_dir):
         raise FeaturesError(f"split {split!r}: missing directory {split_dir} (a features directory holds "
                             f"<split>/<modality>.npy)")
-    names = sorted(name[: -len(".npy")] for name in os.listdir(split_dir)
-                   if name.endswith(".npy") and name != LABEL_FILE)
-    if not names:
+    files = sorted(os.listdir(split_dir))
+    arrays = [name[: -len(".npy")] for name in files if name.endswith(".npy") and name != LABEL_FILE]
+    texts = [os.path.splitext(name)[0] for name in files if name.endswith(TEXT_SUFFIXES)
+             and _is_text_view(os.path.join(split_dir, name))]
+    twice = sorted(set(name for name in arrays + texts if (arrays + texts).count(name) > 1))
+    if twice:
+        raise FeaturesError(f"split {split!r}: {split_dir} holds more than one file for modality {twice[0]!r} "
+                            f"(.npy, .txt or .jsonl: keep one)")
+    if not arrays and not texts:
         raise FeaturesError(f"split {split!r}: {split_dir} holds no <modality>.npy file")
-    for name in names:
+    for name in arrays:
         _check_layout(_open(os.path.join(split_dir, f"{name}.npy"), name), os.path.join(split_dir, f"{name}.npy"), name)
-    return tuple(names)
+    return tuple(sorted(arrays + texts))
+
+
+def read_texts(path: str, modality: str) -> np.ndarray:
+    """The lines of a text view as an object array of str: `.txt`, one text per line
+    (a final newline ends the last line, it does not start another; a carriage return
+    before a newline is dropped); `.jsonl`, one JSON string per line."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            content = handle.read()
+    except UnicodeDecodeError as error:
+        raise FeaturesError(f"modality {modality!r}: {path} is not UTF-8 text ({error})") from None
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if path.endswith(".jsonl"):
+        texts = []
+        for number, line in enumerate(lines, 1):
+            try:
+                text = json.loads(line)
+            except ValueError as error:
+                raise FeaturesError(f"modality {modality!r}: {path} line {number} is not JSON ({error})") from None
+            if not isinstance(text, str):
+                raise FeaturesError(f"modality {modality!r}: {path} line {number} holds a {type(text).__name__}, "
+                                    f"not a JSON string")
+            texts.append(text)
+        lines = texts
+    array = np.empty(len(lines), dtype=object)
+    array[:] = lines
+    return array
+
+
+def _view_path(split_dir: str, modality: str) -> str:
+    """The file of a modality: `<modality>.npy`, else `.txt`, else `.jsonl`."""
+    for suffix in (".npy",) + TEXT_SUFFIXES:
+        path = os.path.join(split_dir, modality + suffix)
+        if os.path.isfile(path):
+            return path
+    raise FeaturesError(f"modality {modality!r}: missing file {os.path.join(split_dir, modality)}.npy (or "
+                        f"{modality}.txt / {modality}.jsonl for raw text)")
 
 
 def _check_layout(array: np.ndarray, path: str, modality: str) -> None:
@@ -93,9 +161,18 @@ class FeaturesSource:
         if not os.path.isdir(split_dir):
             raise FeaturesError(f"split {split!r}: missing directory {split_dir}")
         self.arrays: dict[str, np.ndarray] = {}
+        self.texts: dict[str, np.ndarray] = {}
         rows = None
         for modality in self.modalities:
-            path = os.path.join(split_dir, f"{modality}.npy")
+            path = _view_path(split_dir, modality)
+            if not path.endswith(".npy"):
+                self.texts[modality] = read_texts(path, modality)
+                if rows is None:
+                    rows, first = len(self.texts[modality]), modality
+                elif len(self.texts[modality]) != rows:
+                    raise FeaturesError(f"modality {modality!r}: {path} has {len(self.texts[modality])} lines but "
+                                        f"{first!r} has {rows} rows")
+                continue
             array = _open(path, modality)
             _check_layout(array, path, modality)
             if dims is not None and modality in dims and array.shape[1] != dims[modality]:
@@ -136,6 +213,7 @@ class FeaturesSource:
         """Rows `indices` (an int or an index array) of every modality: one
         fancy-indexing read per memory-mapped file."""
         batch = {m: np.asarray(a[indices], dtype=np.float32) for m, a in self.arrays.items()}
+        batch.update({m: texts[indices] for m, texts in self.texts.items()})
         if self.labels is not None:
             batch["label"] = np.asarray(self.labels[indices], dtype=np.int32)
         return batch

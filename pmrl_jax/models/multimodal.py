@@ -15,7 +15,7 @@ from pmrl_jax.losses import l2_normalize
 from pmrl_jax.models import encoders
 from pmrl_jax.models.matching import MatchingHead
 
-ENCODER_KINDS = ("adapter", "mlp", "transformer", "vit", "audio")
+ENCODER_KINDS = ("adapter", "mlp", "transformer", "vit", "audio", "pretrained_text")
 
 
 class InputStatistic(nnx.Variable):
@@ -74,7 +74,31 @@ def build_encoder(kind: str, example_shape: tuple[int, ...], *, width: int, embe
             raise ValueError(f"the audio encoder takes spectrograms [frames, mel_bins]; an example has shape "
                              f"{example_shape}")
         return encoders.AudioEncoder(*example_shape, width=width, dtype=dtype, rngs=rngs, **options)
+    if kind == "pretrained_text":
+        return _pretrained_text_encoder(example_shape, dtype=dtype, **options)
     raise ValueError(f"unknown encoder kind {kind!r}; known: {', '.join(ENCODER_KINDS)}")
+
+
+def _pretrained_text_encoder(example_shape, *, path: str | None = None, trainable: bool = True,
+                             learning_rate_multiplier: float = 1.0, max_length: int | None = None,
+                             dropout: float = 0.0, depth=None, dtype):
+    """A BERT-family tower from a local checkpoint (pmrl_jax.models.pretrained).
+    `trainable` and `learning_rate_multiplier` are read by the optimizer
+    (`pmrl_jax.optimizer`) and the model (`MultimodalModel.encode`); `depth` is the
+    shared default encoder's option and does not apply."""
+    from pmrl_jax.models.pretrained import load_text_encoder
+
+    del depth
+    if not path:
+        raise ValueError("a pretrained_text encoder needs a path (a checkpoint directory)")
+    if not isinstance(trainable, bool) or not learning_rate_multiplier > 0:
+        raise ValueError(f"pretrained_text needs trainable True or False and learning_rate_multiplier > 0; got "
+                         f"{trainable!r}, {learning_rate_multiplier!r}")
+    if len(example_shape) != 1:
+        raise ValueError(f"the pretrained_text encoder takes token ids [tokens]; an example has shape {example_shape}")
+    encoder, _ = load_text_encoder(path, dtype=dtype, dropout=dropout, max_length=max_length)
+    encoder.trainable = trainable
+    return encoder
 
 
 class MultimodalModel(nnx.Module):
@@ -95,12 +119,14 @@ class MultimodalModel(nnx.Module):
                                 dtype=dtype, rngs=rngs, **dict(encoder_options[name]))
             for name in self.modalities
         })
-        # An adapter maps into the shared space itself; every other encoder is projected.
+        # An adapter maps into the shared space itself; every other encoder is projected
+        # from its own width (`width`, or a pretrained tower's).
         projected = [name for name in self.modalities if encoder_options[name]["kind"] != "adapter"]
-        self.projections = nnx.Dict({name: nnx.Linear(width, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
-                                     for name in projected})
+        token_widths = {name: getattr(self.encoders[name], "width", width) if name in projected else embed_dim
+                        for name in self.modalities}
+        self.projections = nnx.Dict({name: nnx.Linear(token_widths[name], embed_dim, use_bias=False, dtype=dtype,
+                                                      rngs=rngs) for name in projected})
         self.temperature = Temperature(**dict(temperature))
-        token_widths = {name: width if name in projected else embed_dim for name in self.modalities}
         if matching and len(set(token_widths.values())) > 1:
             raise ValueError(f"the matching head reads every modality's tokens, which need one width; the encoders "
                              f"give {token_widths} (width for projected encoders, embed_dim for adapters)")
@@ -122,6 +148,8 @@ class MultimodalModel(nnx.Module):
         normalisation): standardised, encoded and projected."""
         x = self.standardize[name](x) if name in self.standardize else x
         tokens, pooled = self.encoders[name](x, rngs=rngs)
+        if not getattr(self.encoders[name], "trainable", True):  # a locked tower: no backward pass through it
+            tokens, pooled = jax.lax.stop_gradient(tokens), jax.lax.stop_gradient(pooled)
         if name in self.projections:
             pooled = self.projections[name](pooled)
         return tokens, pooled.astype(jnp.float32)
