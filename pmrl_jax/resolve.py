@@ -158,7 +158,7 @@ def resolve(config: ml_collections.ConfigDict, shapes_of=None) -> tuple[ml_colle
         inputs_width = adapters_only and config.model.embed_dim != DEFAULT_EMBED_DIM
         choices.append(f"embed_dim {config.model.embed_dim}{' (the width of the inputs)' if inputs_width else ''}")
     if len(set(kinds.values())) == 1:
-        choices.append(f"encoder {config.model.encoder.kind}")
+        choices.append(f"encoder {next(iter(kinds.values()))}")
     else:
         choices.append(f"encoders {kinds}")
     return config, choices

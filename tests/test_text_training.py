@@ -114,9 +114,12 @@ def test_the_job_fine_tunes_one_tower_keeps_a_locked_one_and_learns(text_data, t
     data, checkpoint = text_data
     config = _config(data, checkpoint, words={"trainable": False}, codes={"learning_rate_multiplier": 2.0})
     config.num_steps, config.eval.every = 30, 15
+    config.mesh.fsdp, config.mesh.fsdp_min_size = 2, 4096  # the towers' larger weights split over fsdp
     train.train(config, str(tmp_path))
     run = load(str(tmp_path))
     model = run.trainer.model(run.state)
+    intermediate = model.encoders["codes"].bert.layers[0].intermediate.kernel[...]  # [32, 128]
+    assert intermediate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
     pristine, tokenizer = load_text_encoder(checkpoint)
     same = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))  # noqa: E731
     assert same(nnx.state(model.encoders["words"], nnx.Param), nnx.state(pristine, nnx.Param))
@@ -131,3 +134,21 @@ def test_the_job_fine_tunes_one_tower_keeps_a_locked_one_and_learns(text_data, t
     from_ids = run.embed({"words": tokenizer(texts, pad_to=32)})["words"]
     np.testing.assert_allclose(from_strings, from_ids, atol=1e-6)
     assert from_strings.shape == (4, run.embed_dim)
+
+
+def test_training_starts_from_the_towers_own_embeddings(text_data):
+    """The projection of a pretrained tower starts as [I 0]: at initialisation the model's
+    embedding of a text is the tower's own (unit) embedding, padded with zeros."""
+    from pmrl_jax.models import MultimodalModel
+
+    data, checkpoint = text_data
+    model = MultimodalModel(("words", "vector"), {"words": (32,), "vector": (16,)},
+                            {"words": {"kind": "pretrained_text", "path": str(checkpoint)}, "vector": {"kind": "mlp"}},
+                            width=64, embed_dim=128, temperature=dict(initial=0.07, minimum=0.01, maximum=1.0),
+                            matching=None, rngs=nnx.Rngs(0))
+    pristine, tokenizer = load_text_encoder(checkpoint)
+    texts = (data / "test" / "words.txt").read_text().splitlines()[:6]
+    ids = jnp.asarray(tokenizer(texts, pad_to=32))
+    z, _ = model({"words": ids, "vector": jnp.zeros((6, 16))})
+    np.testing.assert_allclose(z[:, 0, :32], pristine(ids)[1], atol=1e-6)
+    assert not np.asarray(z[:, 0, 32:]).any()

@@ -39,7 +39,7 @@ class MLPEncoder(nnx.Module):
         return pooled[:, None, :], pooled
 
 
-def _isometry(shape: tuple[int, int], dtype) -> jax.Array:
+def isometry(shape: tuple[int, int], dtype) -> jax.Array:
     """[D, out]: the identity (D = out), [I 0] (D < out: an isometry), or a fixed random
     orthogonal projection (D > out). It depends on the shape alone, so every modality of
     one width gets the same map."""
@@ -54,7 +54,7 @@ class FeatureAdapter(nnx.Module):
 
         y = x A + b + MLP(x),   [B, D] -> one token [B, 1, out] and y [B, out]
 
-    A starts as `_isometry`, b at 0, and the residual MLP (`depth` hidden layers of
+    A starts as `isometry`, b at 0, and the residual MLP (`depth` hidden layers of
     `width`, GELU, dropout) ends in a zero-initialised layer, so at initialisation y = x
     (D = out) and the cosine between two modalities' outputs is their inputs' cosine
     (D <= out): training starts from the frozen inputs' retrieval. `depth` 0: linear only.
@@ -65,7 +65,7 @@ class FeatureAdapter(nnx.Module):
         if depth < 0:
             raise ValueError(f"adapter depth must be >= 0; got {depth}")
         self.linear = nnx.Linear(in_features, out_features, dtype=dtype, rngs=rngs,
-                                 kernel_init=lambda key, shape, dtype: _isometry(shape, dtype))
+                                 kernel_init=lambda key, shape, dtype: isometry(shape, dtype))
         sizes = [in_features] + [width] * depth
         self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
         self.residual_out = (nnx.Linear(width, out_features, dtype=dtype, rngs=rngs,

@@ -124,8 +124,14 @@ class MultimodalModel(nnx.Module):
         projected = [name for name in self.modalities if encoder_options[name]["kind"] != "adapter"]
         token_widths = {name: getattr(self.encoders[name], "width", width) if name in projected else embed_dim
                         for name in self.modalities}
-        self.projections = nnx.Dict({name: nnx.Linear(token_widths[name], embed_dim, use_bias=False, dtype=dtype,
-                                                      rngs=rngs) for name in projected})
+        # A pretrained tower's projection starts as an isometry (the identity when the
+        # widths agree), so that training starts from the tower's own embeddings.
+        pretrained = {name for name in projected if encoder_options[name]["kind"] == "pretrained_text"}
+        self.projections = nnx.Dict({
+            name: nnx.Linear(token_widths[name], embed_dim, use_bias=False, dtype=dtype, rngs=rngs,
+                             **({"kernel_init": lambda key, shape, dtype: encoders.isometry(shape, dtype)}
+                                if name in pretrained else {}))
+            for name in projected})
         self.temperature = Temperature(**dict(temperature))
         if matching and len(set(token_widths.values())) > 1:
             raise ValueError(f"the matching head reads every modality's tokens, which need one width; the encoders "
