@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs_util import CONFIG_DIR, METHODS, load_config
+from configs_util import CONFIG_DIR, METHODS, load_config, one_device_mesh
 from features_data import VIEWS, frozen_mean_r1, write_views
 from pmrl_jax import evaluation, train
 from pmrl_jax.data.features import write_split
@@ -78,7 +78,7 @@ def test_a_named_anchor_and_modalities(views, tmp_path):
 def test_every_shipped_method_runs_on_features_with_the_data_flags_only(name, views, tmp_path):
     config = load_config(name)
     config.data.name, config.data.options.directory = "features", str(views)
-    trainer, _ = train.train(config, str(tmp_path))
+    trainer, _ = train.train(config, str(tmp_path), mesh=one_device_mesh())
     state, record = train.selected_state(trainer, str(tmp_path))
     results = evaluation.evaluate(trainer, state, None, record)
     k = 3

@@ -21,8 +21,10 @@ def test_both_notebooks_exist():
 def test_notebook_runs_headless_without_a_cell_error(path, monkeypatch):
     import nbclient
 
-    # The kernel inherits this environment: 8 fake CPU devices, and the smoke sizes.
+    # The kernel inherits this environment: the smoke sizes, and 2 fake CPU devices (a mesh
+    # still spans several devices; 8 would only compile longer).
     monkeypatch.setenv("PMRL_JAX_NOTEBOOK_SMOKE", "1")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from configs_util import load_config
-from pmrl_jax import load, train
+from pmrl_jax import load, sharding, train
 from pmrl_jax.configs import ConfigError
 from pmrl_jax.data import features as F
 from pmrl_jax.models.pretrained import load_text_encoder
@@ -115,7 +115,7 @@ def test_the_job_fine_tunes_one_tower_keeps_a_locked_one_and_learns(text_data, t
     config = _config(data, checkpoint, words={"trainable": False}, codes={"learning_rate_multiplier": 2.0})
     config.num_steps, config.eval.every = 30, 15
     config.mesh.fsdp, config.mesh.fsdp_min_size = 2, 4096  # the towers' larger weights split over fsdp
-    train.train(config, str(tmp_path))
+    train.train(config, str(tmp_path), mesh=sharding.make_mesh(fsdp=2, devices=jax.devices()[:2]))
     run = load(str(tmp_path))
     model = run.trainer.model(run.state)
     intermediate = model.encoders["codes"].bert.layers[0].intermediate.kernel[...]  # [32, 128]

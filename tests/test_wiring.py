@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from configs_util import METHODS, load_config
+from configs_util import METHODS, load_config, one_device_mesh
 from features_data import write_views
 from loss_table import objective_loss
 from pmrl_jax import evaluation, train
@@ -71,7 +71,7 @@ def test_the_warm_start_hands_over_at_the_configured_step(tmp_path, monkeypatch)
     monkeypatch.setattr(Trainer, "step_fn", recording)
     config = load_config("gram")
     config.num_steps, config.warm_start.steps, config.eval.every = 7, 4, 0
-    train.train(config, str(tmp_path))
+    train.train(config, str(tmp_path), mesh=one_device_mesh())
     assert losses_used == ["clip"] * 4 + ["gram"] * 3
 
 
@@ -237,7 +237,7 @@ def test_every_method_learns_on_data_with_a_clear_signal(name, tmp_path):
     config.num_steps, config.log_every, config.checkpoint_every, config.eval.every = 150, 50, 150, 0
     config.warm_start.steps = min(config.warm_start.steps, 75)
     config.evals = ("retrieval",)
-    trainer, state = train.train(config, str(tmp_path))
+    trainer, state = train.train(config, str(tmp_path), mesh=one_device_mesh())
     recall = evaluation.evaluate(trainer, state)["evals"]["retrieval"]["any_to_any"]["mean"]["R@1"]
     assert recall > 5 / 1024, recall
     with open(tmp_path / "metrics.jsonl") as f:
