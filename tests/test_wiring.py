@@ -227,11 +227,17 @@ def test_checkpoint_fallbacks_not_covered_by_the_fault_tests(tmp_path, capfd):
         train.train(config, str(tmp_path / "all"))
 
 
+# Mean test R@1 each method must reach (chance: 1/1024), about a third to a half of what
+# it reaches (clip 0.961, all_pairs 0.970, gram 0.549, pmrl 0.501, triangle 0.328); Symile
+# learns slowly here (0.0088), so it must only beat 5x chance.
+LEARNED_RECALL = {"clip": 0.5, "all_pairs": 0.5, "gram": 0.25, "pmrl": 0.25, "triangle": 0.15, "symile": 5 / 1024}
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_learns_on_data_with_a_clear_signal(name, tmp_path):
     """150 steps from scratch (half of them the warm start where a config has one), the
     configs' own model sizes, on the synthetic data (a shared latent seen through three
-    random maps): mean test R@1 at least 5x chance (1/1024)."""
+    random maps): mean test R@1 at least `LEARNED_RECALL`."""
     config = load_config(name, None)
     config.data.name = "synthetic"
     config.num_steps, config.log_every, config.checkpoint_every, config.eval.every = 150, 50, 150, 0
@@ -239,7 +245,7 @@ def test_every_method_learns_on_data_with_a_clear_signal(name, tmp_path):
     config.evals = ("retrieval",)
     trainer, state = train.train(config, str(tmp_path), mesh=one_device_mesh())
     recall = evaluation.evaluate(trainer, state)["evals"]["retrieval"]["any_to_any"]["mean"]["R@1"]
-    assert recall > 5 / 1024, recall
+    assert recall > LEARNED_RECALL[name], recall
     with open(tmp_path / "metrics.jsonl") as f:
         assert all(np.isfinite(r["loss"]) for r in map(json.loads, f) if "loss" in r)
     assert os.path.exists(tmp_path / "checkpoints" / "150")
