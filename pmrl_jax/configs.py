@@ -224,13 +224,17 @@ def unknown_field(config: ConfigDict, path: str) -> str | None:
 
 def encoder_options(config: ConfigDict) -> dict[str, dict]:
     """{modality: the encoder's options}: `config.model.encoder`, updated by the
-    modality's entry in `config.model.encoders`."""
-    unknown = set(config.model.encoders) - set(config.data.modalities)
+    modality's entry in `config.model.encoders`. Before the modalities are resolved
+    (`config.data.modalities` None), the modalities `config.model.encoders` names."""
+    modalities = config.data.modalities
+    if modalities is None:
+        modalities = tuple(config.model.encoders)
+    unknown = set(config.model.encoders) - set(modalities)
     if unknown:
         raise ConfigError(f"config.model.encoders names {sorted(unknown)}, which are not in config.data.modalities "
-                          f"{list(config.data.modalities)}")
+                          f"{list(modalities)}")
     options = {}
-    for name in config.data.modalities:
+    for name in modalities:
         merged = config.model.encoder.to_dict()
         merged.update(config.model.encoders[name].to_dict() if name in config.model.encoders else {})
         options[name] = merged

@@ -40,12 +40,7 @@ def encoder_groups(config: ml_collections.ConfigDict) -> dict[str, object]:
     """{modality: "locked" or its learning-rate multiplier} for the encoders that are not
     trained like the rest of the model."""
     groups = {}
-    if config.data.modalities is None:  # unresolved: only the per-modality sections are known
-        options_of = {m: config.model.encoder.to_dict() | config.model.encoders[m].to_dict()
-                      for m in config.model.encoders}
-    else:
-        options_of = encoder_options(config)
-    for modality, options in options_of.items():
+    for modality, options in encoder_options(config).items():
         if options.get("trainable", True) is False:
             groups[modality] = _LOCKED
         elif options.get("learning_rate_multiplier", 1.0) != 1.0:

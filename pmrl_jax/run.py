@@ -38,7 +38,6 @@ class Run:
         self.input_dtypes = dict(input_dtypes)
         self.config: ml_collections.ConfigDict = trainer.config
         self._encoders = {}
-        self._text_tokenizers = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -60,17 +59,6 @@ class Run:
                                                out_shardings=trainer.batch_sharding)
         return self._encoders[modality]
 
-    @staticmethod
-    def _is_text(array) -> bool:
-        return isinstance(array, (list, tuple)) or (isinstance(array, np.ndarray) and array.dtype.kind in "OUS")
-
-    def _tokenizers(self) -> dict:
-        if self._text_tokenizers is None:
-            from pmrl_jax.resolve import text_tokenizers
-
-            self._text_tokenizers = text_tokenizers(self.config)
-        return self._text_tokenizers
-
     def check_input(self, modality: str, array) -> np.ndarray:
         """`array` as this run's input for `modality`, or a RunError naming what is wrong.
         A modality with a pretrained text encoder also takes a list of strings, tokenized
@@ -78,8 +66,12 @@ class Run:
         if modality not in self.modalities:
             raise RunError(f"this run has no modality {modality!r}; it has {list(self.modalities)}")
         shape = tuple(self.trainer.example_shapes[modality])
-        if self._is_text(array) and modality in self._tokenizers():
-            array = self._tokenizers()[modality]([str(text) for text in array], pad_to=shape[0])
+        if isinstance(array, (list, tuple)) or (isinstance(array, np.ndarray) and array.dtype.kind in "OUS"):
+            from pmrl_jax.resolve import text_tokenizers  # cached per checkpoint
+
+            tokenizer = text_tokenizers(self.config).get(modality)
+            if tokenizer is not None:
+                array = tokenizer([str(text) for text in array], pad_to=shape[0])
         array = np.asarray(array)
         if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape:
             raise RunError(f"modality {modality!r}: expected inputs [N, {', '.join(map(str, shape))}]; got "

@@ -82,7 +82,9 @@ def test_texts_become_fixed_length_token_ids_in_the_pipeline(text_data):
     _, tokenizer = load_text_encoder(checkpoint)
     texts = (data / "test" / "words.txt").read_text().splitlines()[:5]
     np.testing.assert_array_equal(batch["words"], tokenizer(texts, pad_to=8))
-    assert source[3]["words"].shape == (8,)
+    example = source[3]
+    assert example["words"].shape == (8,) and example["vector"].shape == (16,) and example["label"].shape == ()
+    np.testing.assert_array_equal(example["words"], batch["words"][3])
     np.testing.assert_array_equal(batch["vector"], np.load(data / "test" / "vector.npy")[:5])
 
 

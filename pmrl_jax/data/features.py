@@ -60,7 +60,7 @@ def modalities_in(directory: str | os.PathLike, split: str = "train") -> tuple[s
         raise FeaturesError(f"split {split!r}: {split_dir} holds more than one file for modality {twice[0]!r} "
                             f"(.npy, .txt or .jsonl: keep one)")
     if not arrays and not texts:
-        raise FeaturesError(f"split {split!r}: {split_dir} holds no <modality>.npy file")
+        raise FeaturesError(f"split {split!r}: {split_dir} holds no <modality>.npy, .txt or .jsonl file")
     for name in arrays:
         _check_layout(_open(os.path.join(split_dir, f"{name}.npy"), name), os.path.join(split_dir, f"{name}.npy"), name)
     return tuple(sorted(arrays + texts))
@@ -165,31 +165,28 @@ class FeaturesSource:
         rows = None
         for modality in self.modalities:
             path = _view_path(split_dir, modality)
-            if not path.endswith(".npy"):
-                self.texts[modality] = read_texts(path, modality)
-                if rows is None:
-                    rows, first = len(self.texts[modality]), modality
-                elif len(self.texts[modality]) != rows:
-                    raise FeaturesError(f"modality {modality!r}: {path} has {len(self.texts[modality])} lines but "
-                                        f"{first!r} has {rows} rows")
-                continue
-            array = _open(path, modality)
-            _check_layout(array, path, modality)
-            if dims is not None and modality in dims and array.shape[1] != dims[modality]:
-                raise FeaturesError(
-                    f"modality {modality!r}: {path} has dimension {array.shape[1]}, the config says {dims[modality]}"
-                )
+            if path.endswith(".npy"):
+                view = _open(path, modality)
+                _check_layout(view, path, modality)
+                if dims is not None and modality in dims and view.shape[1] != dims[modality]:
+                    raise FeaturesError(
+                        f"modality {modality!r}: {path} has dimension {view.shape[1]}, the config says {dims[modality]}"
+                    )
+            else:
+                view = read_texts(path, modality)
             if rows is None:
-                rows, first = array.shape[0], modality
-            elif array.shape[0] != rows:
-                raise FeaturesError(
-                    f"modality {modality!r}: {path} has {array.shape[0]} rows but {first!r} has {rows}"
-                )
+                rows, first = len(view), modality
+            elif len(view) != rows:
+                unit = "rows" if path.endswith(".npy") else "lines"
+                raise FeaturesError(f"modality {modality!r}: {path} has {len(view)} {unit} but {first!r} has {rows} rows")
+            if view.dtype == object:
+                self.texts[modality] = view
+                continue
             if check_finite:
-                bad_row = first_non_finite_row(array)
+                bad_row = first_non_finite_row(view)
                 if bad_row is not None:
                     raise FeaturesError(f"modality {modality!r}: {path} has NaN or inf in row {bad_row}")
-            self.arrays[modality] = array
+            self.arrays[modality] = view
         self.num_examples = rows
         label_path = os.path.join(split_dir, LABEL_FILE)
         self.labels = None

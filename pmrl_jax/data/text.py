@@ -27,8 +27,7 @@ class TokenizedSource:
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {key: value[0] if key in self.tokenizers else value
-                for key, value in self.read_batch(np.array([index])).items()}
+        return {key: value[0] for key, value in self.read_batch(np.array([index])).items()}
 
     def read_batch(self, indices) -> dict[str, np.ndarray]:
         from pmrl_jax.data.pipeline import read_batch

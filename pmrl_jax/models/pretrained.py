@@ -35,6 +35,9 @@ import numpy as np
 from flax import nnx
 
 POOLING_MODES = ("mean", "cls", "max")
+# sentence-transformers' Pooling config: the flag of each mode pmrl_jax reads.
+_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                  "pooling_mode_max_tokens": "max"}
 _ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False),
                 "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
                 "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -280,16 +283,11 @@ def _sentence_transformers_options(directory: Path) -> dict:
             options["normalize"] = True
         elif kind == "Pooling":
             pooling = json.loads((directory / module["path"] / "config.json").read_text())
-            modes = [mode for mode in ("mean", "cls", "max") if pooling.get(f"pooling_mode_{mode}_tokens"
-                                                                            if mode != "cls" else
-                                                                            "pooling_mode_cls_token")]
-            others = [key for key, value in pooling.items()
-                      if key.startswith("pooling_mode_") and value and key not in (
-                          "pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_max_tokens")]
-            if len(modes) != 1 or others:
+            flags = [key for key, value in pooling.items() if key.startswith("pooling_mode_") and value]
+            if len(flags) != 1 or flags[0] not in _POOLING_FLAGS:
                 raise ValueError(f"{directory / module['path'] / 'config.json'}: pooling {pooling} is not one of "
                                  f"{', '.join(POOLING_MODES)} alone")
-            options["pooling"] = modes[0]
+            options["pooling"] = _POOLING_FLAGS[flags[0]]
         elif kind not in ("Transformer", ""):
             raise ValueError(f"{modules_file}: module {module.get('type')!r} is not supported (Transformer, Pooling "
                              f"and Normalize are)")
@@ -308,13 +306,8 @@ def _checked_directory(path) -> Path:
     return directory
 
 
-def load_tokenizer(path, *, max_length: int | None = None) -> TextTokenizer:
-    """The checkpoint's tokenizer alone (no weights read), truncating to `max_length`
-    tokens, at most the checkpoint's own limit. Checks as `load_text_encoder` does."""
-    directory = _checked_directory(path)
-    config = BertConfig.from_file(directory / "config.json")
-    limit = _sentence_transformers_options(directory)["max_length"] or config.max_position_embeddings
-    limit = min(limit, config.max_position_embeddings)
+def _tokenizer_of(directory: Path, config: BertConfig, options: dict, max_length: int | None) -> TextTokenizer:
+    limit = min(options["max_length"] or config.max_position_embeddings, config.max_position_embeddings)
     if max_length is not None and not 2 <= max_length <= limit:
         raise ValueError(f"max_length {max_length} is outside [2, {limit}] (the checkpoint's limit)")
     from tokenizers import Tokenizer
@@ -328,6 +321,14 @@ def load_tokenizer(path, *, max_length: int | None = None) -> TextTokenizer:
     return tokenizer
 
 
+def load_tokenizer(path, *, max_length: int | None = None) -> TextTokenizer:
+    """The checkpoint's tokenizer alone (no weights read), truncating to `max_length`
+    tokens, at most the checkpoint's own limit. Checks as `load_text_encoder` does."""
+    directory = _checked_directory(path)
+    return _tokenizer_of(directory, BertConfig.from_file(directory / "config.json"),
+                         _sentence_transformers_options(directory), max_length)
+
+
 def load_text_encoder(path, *, dtype=jnp.float32, dropout: float | None = None, max_length: int | None = None,
                       seed: int = 0) -> tuple[PretrainedTextEncoder, TextTokenizer]:
     """(encoder, tokenizer) from a local checkpoint directory (module docstring). `dtype`
@@ -337,12 +338,13 @@ def load_text_encoder(path, *, dtype=jnp.float32, dropout: float | None = None, 
     ValueError for a checkpoint of another architecture or a tokenizer whose ids exceed
     the embedding table."""
     directory = _checked_directory(path)
-    tokenizer = load_tokenizer(directory, max_length=max_length)
     config = BertConfig.from_file(directory / "config.json")
+    options = _sentence_transformers_options(directory)
+    tokenizer = _tokenizer_of(directory, config, options, max_length)
     if dropout is not None:
         config = dataclasses.replace(config, hidden_dropout_prob=dropout)
-    options = _sentence_transformers_options(directory) | {"max_length": tokenizer.max_length}
-    encoder = PretrainedTextEncoder(config, dtype=dtype, rngs=nnx.Rngs(seed), **options)
+    encoder = PretrainedTextEncoder(config, dtype=dtype, rngs=nnx.Rngs(seed),
+                                    **options | {"max_length": tokenizer.max_length})
     _read_weights(directory / "model.safetensors", encoder.bert)
     return encoder, tokenizer
 
@@ -355,7 +357,8 @@ def _embed_batch(encoder: PretrainedTextEncoder, token_ids):
 def embed_texts(encoder: PretrainedTextEncoder, tokenizer: TextTokenizer, texts: Sequence[str], *,
                 batch_size: int = 64) -> np.ndarray:
     """float32 numpy [len(texts), width]: each text encoded and pooled as the checkpoint
-    says, `batch_size` texts per jitted call (the last batch padded with empty rows)."""
+    says, `batch_size` texts per jitted call (the last batch filled up with copies of
+    its first text, so that no row is all padding)."""
     if isinstance(texts, str):
         raise TypeError("pass a list of texts, not one string")
     texts = list(texts)
@@ -363,7 +366,7 @@ def embed_texts(encoder: PretrainedTextEncoder, tokenizer: TextTokenizer, texts:
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         ids = tokenizer(chunk)
-        padded = np.repeat(ids[:1], batch_size, axis=0)  # filler rows: copies of a real text, never all padding
+        padded = np.repeat(ids[:1], batch_size, axis=0)
         padded[:len(chunk)] = ids
         out[start:start + len(chunk)] = np.asarray(_embed_batch(encoder, jnp.asarray(padded)))[:len(chunk)]
     return out
